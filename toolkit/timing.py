@@ -1,0 +1,96 @@
+"""Every timer and threshold natkit uses, named, in one place (design.md §3).
+
+Values follow Tailscale's magicsock and netcheck (protocols.md §4.1, §5.2), DERP (§2.4),
+STUN (RFC 8489 §6.2.1) and WireGuard (whitepaper §6, protocols.md §8.5). All durations are
+seconds as floats. A lab may slow the whole clock down for teaching with :meth:`Timing.scaled`,
+or override single values with :meth:`Timing.replace`; protocol code takes a ``Timing`` and
+never reads the module constants directly, so tests can run timers fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    # --- magicsock path selection (protocols.md §4.1) ---
+    heartbeat_interval: float = 3.0
+    trust_udp_addr_duration: float = 6.5
+    upgrade_udp_direct_interval: float = 60.0
+    good_enough_latency: float = 0.005
+    session_active_timeout: float = 45.0
+    disco_ping_interval: float = 5.0
+    ping_timeout: float = 5.0
+    endpoints_fresh_enough: float = 27.0
+    restun_min: float = 20.0
+    restun_max: float = 26.0
+    pong_history_count: int = 64
+    derp_inactive_cleanup: float = 60.0
+    derp_clean_stale_interval: float = 15.0
+
+    # --- netcheck (protocols.md §5.2) ---
+    netcheck_report_timeout: float = 5.0
+    netcheck_stun_probe_timeout: float = 3.0
+    netcheck_icmp_probe_timeout: float = 1.0
+    netcheck_initial_retransmit: float = 0.1
+    netcheck_full_report_interval: float = 300.0
+
+    # --- STUN client (RFC 8489 §6.2.1: RTO 500 ms, Rc = 7 requests, Rm = 16) ---
+    stun_rto: float = 0.5
+    stun_rc: int = 7
+    stun_rm: int = 16
+
+    # --- DERP (protocols.md §2.4) ---
+    derp_keepalive: float = 60.0
+    derp_keepalive_jitter: float = 5.0
+    derp_client_read_timeout: float = 120.0
+    derp_handshake_timeout: float = 10.0
+    derp_write_timeout: float = 2.0
+    derp_queue_depth: int = 32
+
+    # --- WireGuard (whitepaper §6, protocols.md §8.5) ---
+    rekey_after_messages: int = 2**60
+    reject_after_messages: int = 2**64 - 2**13 - 1
+    rekey_after_time: float = 120.0
+    reject_after_time: float = 180.0
+    rekey_attempt_time: float = 90.0
+    rekey_timeout: float = 5.0
+    rekey_timeout_jitter_max: float = 0.334
+    keepalive_timeout: float = 10.0
+    cookie_refresh_time: float = 120.0
+    handshake_flood_interval: float = 0.02
+
+    def scaled(self, factor: float) -> Timing:
+        """Every duration multiplied by ``factor`` (> 1 slows a lab down); counts are kept."""
+        if factor <= 0:
+            raise ValueError(f"scale factor must be > 0, got {factor}")
+        changes = {
+            f.name: getattr(self, f.name) * factor
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), float)
+        }
+        return dataclasses.replace(self, **changes)
+
+    def replace(self, **changes: float) -> Timing:
+        """A copy with the named values changed; unknown names raise ``TypeError``."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def new_handshake_timeout(self) -> float:
+        """Data sent but nothing authenticated back: KEEPALIVE + REKEY_TIMEOUT (protocols.md §8.5)."""
+        return self.keepalive_timeout + self.rekey_timeout
+
+    @property
+    def max_timer_handshakes(self) -> int:
+        return int(self.rekey_attempt_time / self.rekey_timeout)
+
+    @property
+    def zero_keys_after(self) -> float:
+        return 3 * self.reject_after_time
+
+
+DEFAULT = Timing()
+
+__all__ = ["Timing", "DEFAULT"]
