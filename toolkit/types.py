@@ -163,7 +163,7 @@ class Key32:
         return f"{self.prefix}{self.raw.hex()}"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.raw == self.raw  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.raw == self.raw
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.raw))
