@@ -80,7 +80,7 @@ def _fmt(ip: bytes, port: int) -> str:
 
 def open_capture(path: str | Path) -> BinaryIO:
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(path, "rb")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such capture file") from None
     except IsADirectoryError:
@@ -227,7 +227,7 @@ class PcapWriter:
 
     def __init__(self, path: str | Path, linktype: int = LINKTYPE_ETHERNET, snaplen: int = 262144) -> None:
         try:
-            self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._fh = open(path, "wb")
         except OSError as exc:
             raise UsageError(f"{path}: cannot write capture ({exc.strerror})") from None
         self._fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
