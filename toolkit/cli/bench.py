@@ -1,0 +1,46 @@
+"""``natkit bench``: speed figures measured side by side in one run (see toolkit/packets/benchmark.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="benchmarks: natkit's codecs against tshark and scapy")
+    bsub = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
+
+    mk = bsub.add_parser("make-pcap", help="write a mixed STUN/disco/WireGuard capture (and its keys file)")
+    mk.add_argument("file", type=Path, help="the .pcap to write; FILE.keys.json is written beside it")
+    mk.add_argument("-n", "--packets", type=int, default=100_000, help="how many packets (default 100000)")
+    mk.add_argument("--seed", type=int, default=1, help="random seed: same seed, same bytes (default 1)")
+    mk.set_defaults(func=run_make_pcap)
+
+    dec = bsub.add_parser("decode", help="packets/s of classify+decode vs tshark -T fields on one capture")
+    dec.add_argument("file", type=Path, help="a capture, e.g. from `natkit bench make-pcap`")
+    dec.add_argument("--repeat", type=int, default=3, help="runs per contender; the median is reported (default 3)")
+    dec.add_argument("--scapy-sample", type=int, default=5000, help="packets dissected by scapy (0 to skip)")
+    dec.add_argument("--tshark", help="path of tshark (default: from PATH)")
+    dec.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    dec.set_defaults(func=run_decode)
+
+
+def run_make_pcap(args: argparse.Namespace) -> int:
+    from toolkit.packets.benchmark import make_capture
+
+    info = make_capture(args.file, n=args.packets, seed=args.seed)
+    print(f"wrote {info['packets']} packets to {info['path']} (keys: {info['keys']})")
+    print("mix: " + ", ".join(f"{k}={v}" for k, v in info["mix"].items()))  # type: ignore[attr-defined]
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from toolkit.errors import UsageError
+    from toolkit.packets.benchmark import format_report, run_decode_bench
+
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
+    report = run_decode_bench(args.file, repeat=args.repeat, scapy_sample=args.scapy_sample, tshark=args.tshark)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
