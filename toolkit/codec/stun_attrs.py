@@ -1,0 +1,660 @@
+"""STUN attributes: the type registry and one frozen dataclass per attribute we decode.
+
+Follows RFC 8489 §14 (attribute formats) and §18.3 (IANA registry), RFC 5780 §7 (NAT behaviour
+discovery: CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT, PADDING), RFC 8445 §16.1
+(ICE: PRIORITY, USE-CANDIDATE, ICE-CONTROLLED, ICE-CONTROLLING) and RFC 8656 (a few TURN ones).
+:mod:`toolkit.codec.stun` re-exports everything here; import from there.
+
+Every attribute class has a class attribute ``TYPE``; :class:`UnknownAttribute` keeps any other
+attribute as (``type``, raw ``value``) so nothing is lost. Decoding is strict about lengths and
+address families (a malformed known attribute raises a :class:`DecodeError` subclass) and lenient
+where the RFCs say "ignore": reserved bits and padding bytes are not kept, so a message re-encodes
+byte-identically when its padding and reserved bits are zero, which every sane sender writes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, TypeVar
+
+from toolkit.errors import BadLengthError, BadValueError
+from toolkit.types import Endpoint, TxID
+
+MAGIC_COOKIE = 0x2112A442
+_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+
+
+class AttrType(IntEnum):
+    """STUN attribute types (IANA "STUN Attributes"; 0x0000-0x7FFF comprehension-required)."""
+
+    MAPPED_ADDRESS = 0x0001  # RFC 8489 §14.1
+    RESPONSE_ADDRESS = 0x0002  # RFC 3489, reserved since RFC 5389
+    CHANGE_REQUEST = 0x0003  # RFC 5780 §7.2
+    SOURCE_ADDRESS = 0x0004  # RFC 3489, reserved since RFC 5389
+    CHANGED_ADDRESS = 0x0005  # RFC 3489, reserved since RFC 5389
+    USERNAME = 0x0006  # RFC 8489 §14.3
+    PASSWORD = 0x0007  # RFC 3489, reserved
+    MESSAGE_INTEGRITY = 0x0008  # RFC 8489 §14.5
+    ERROR_CODE = 0x0009  # RFC 8489 §14.8
+    UNKNOWN_ATTRIBUTES = 0x000A  # RFC 8489 §14.13
+    REFLECTED_FROM = 0x000B  # RFC 3489, reserved
+    CHANNEL_NUMBER = 0x000C  # RFC 8656
+    LIFETIME = 0x000D  # RFC 8656
+    XOR_PEER_ADDRESS = 0x0012  # RFC 8656
+    DATA = 0x0013  # RFC 8656
+    REALM = 0x0014  # RFC 8489 §14.9
+    NONCE = 0x0015  # RFC 8489 §14.10
+    XOR_RELAYED_ADDRESS = 0x0016  # RFC 8656
+    REQUESTED_ADDRESS_FAMILY = 0x0017  # RFC 8656
+    EVEN_PORT = 0x0018  # RFC 8656
+    REQUESTED_TRANSPORT = 0x0019  # RFC 8656
+    DONT_FRAGMENT = 0x001A  # RFC 8656
+    ACCESS_TOKEN = 0x001B  # RFC 7635
+    MESSAGE_INTEGRITY_SHA256 = 0x001C  # RFC 8489 §14.6
+    PASSWORD_ALGORITHM = 0x001D  # RFC 8489 §14.12
+    USERHASH = 0x001E  # RFC 8489 §14.4
+    XOR_MAPPED_ADDRESS = 0x0020  # RFC 8489 §14.2
+    RESERVATION_TOKEN = 0x0022  # RFC 8656
+    PRIORITY = 0x0024  # RFC 8445 §16.1
+    USE_CANDIDATE = 0x0025  # RFC 8445 §16.1
+    PADDING = 0x0026  # RFC 5780 §7.6
+    RESPONSE_PORT = 0x0027  # RFC 5780 §7.5
+    CONNECTION_ID = 0x002A  # RFC 6062
+    ADDITIONAL_ADDRESS_FAMILY = 0x8000  # RFC 8656
+    ADDRESS_ERROR_CODE = 0x8001  # RFC 8656
+    PASSWORD_ALGORITHMS = 0x8002  # RFC 8489 §14.11
+    ALTERNATE_DOMAIN = 0x8003  # RFC 8489 §14.16
+    ICMP = 0x8004  # RFC 8656
+    XOR_MAPPED_ADDRESS_ALT = 0x8020  # pre-RFC draft number, still sent by old servers (protocols.md §3.3)
+    SOFTWARE = 0x8022  # RFC 8489 §14.14
+    ALTERNATE_SERVER = 0x8023  # RFC 8489 §14.15
+    TRANSACTION_TRANSMIT_COUNTER = 0x8025  # RFC 7982
+    CACHE_TIMEOUT = 0x8027  # RFC 5780 §7.7
+    FINGERPRINT = 0x8028  # RFC 8489 §14.7
+    ICE_CONTROLLED = 0x8029  # RFC 8445 §16.1
+    ICE_CONTROLLING = 0x802A  # RFC 8445 §16.1
+    RESPONSE_ORIGIN = 0x802B  # RFC 5780 §7.3
+    OTHER_ADDRESS = 0x802C  # RFC 5780 §7.4
+    ECN_CHECK = 0x802D  # RFC 6679
+    THIRD_PARTY_AUTHORIZATION = 0x802E  # RFC 7635
+    MOBILITY_TICKET = 0x8030  # RFC 8016
+
+
+def attr_name(t: int) -> str:
+    """``XOR-MAPPED-ADDRESS`` for a registered type, ``0x1234`` otherwise."""
+    try:
+        return AttrType(t).name.replace("_", "-")
+    except ValueError:
+        return f"0x{t:04x}"
+
+
+class StunAttribute:
+    """Base of every attribute dataclass: how its value is written and read.
+
+    ``TYPE`` is the attribute type; subclasses implement :meth:`value_bytes` (the value without
+    the 4-byte TLV header and without padding), :meth:`from_value` and :meth:`describe`.
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[int] = -1
+
+    @property
+    def attr_type(self) -> int:
+        return self.TYPE
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> StunAttribute:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short phrase for :meth:`Message.summary`."""
+        return attr_name(self.attr_type).lower()
+
+
+Attribute = StunAttribute
+
+REGISTRY: dict[int, type[StunAttribute]] = {}
+"""Attribute type -> the class that decodes it; any other type becomes :class:`UnknownAttribute`."""
+_S = TypeVar("_S", bound=type[StunAttribute])
+
+
+def _registered(cls: _S) -> _S:
+    REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def _check_len(cls: type[StunAttribute], value: bytes, *allowed: int) -> None:
+    if len(value) not in allowed:
+        want = " or ".join(str(n) for n in allowed)
+        raise BadLengthError(f"{attr_name(cls.TYPE)} value has {len(value)} bytes, expected {want}")
+
+
+def _utf8(cls: type[StunAttribute], value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadValueError(f"{attr_name(cls.TYPE)} is not UTF-8: {exc}") from None
+
+
+# --- addresses: RFC 8489 §14.1 (plain) and §14.2 (XOR with cookie ‖ TxID) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressAttribute(StunAttribute):
+    """An address attribute. ``v4_in_v6`` is True when the wire carried an IPv4 address as an
+    IPv4-mapped IPv6 address (family 2): the endpoint is unmapped (protocols.md §3.3), and the
+    flag keeps re-encoding byte-exact."""
+
+    endpoint: Endpoint
+    v4_in_v6: bool = False
+    XOR: ClassVar[bool] = False
+    LABEL: ClassVar[str] = "address"
+
+    def __post_init__(self) -> None:
+        if self.v4_in_v6 and self.endpoint.is_ipv6:
+            raise BadValueError("v4_in_v6 needs an IPv4 endpoint")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        ep = self.endpoint
+        if ep.is_ipv6 or self.v4_in_v6:
+            family, addr = 0x02, ep.packed16()
+        else:
+            family, addr = 0x01, ep.ip.packed
+        port = ep.port
+        if self.XOR:  # RFC 8489 §14.2: port XOR top 16 bits of the cookie, address XOR cookie ‖ TxID
+            port ^= MAGIC_COOKIE >> 16
+            addr = bytes(a ^ b for a, b in zip(addr, _COOKIE_BYTES + txid.raw, strict=False))
+        return struct.pack("!BBH", 0, family, port) + addr
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> _AddressAttribute:
+        if len(value) < 4:
+            raise BadLengthError(f"{attr_name(cls.TYPE)} value has {len(value)} bytes, needs at least 8")
+        family = value[1]  # byte 0 is reserved and ignored (RFC 8489 §14.1)
+        port = int.from_bytes(value[2:4], "big")
+        addr = value[4:]
+        if family == 0x01:
+            _check_len(cls, value, 8)
+        elif family == 0x02:
+            _check_len(cls, value, 20)
+        else:
+            raise BadValueError(f"{attr_name(cls.TYPE)} has address family {family:#04x}, expected 0x01 or 0x02")
+        if cls.XOR:
+            port ^= MAGIC_COOKIE >> 16
+            addr = bytes(a ^ b for a, b in zip(addr, _COOKIE_BYTES + txid.raw, strict=False))
+        if family == 0x01:
+            return cls(Endpoint(ipaddress.IPv4Address(addr), port))
+        ip6 = ipaddress.IPv6Address(addr)
+        return cls(Endpoint(ip6, port), v4_in_v6=ip6.ipv4_mapped is not None)
+
+    def describe(self) -> str:
+        return f"{self.LABEL} {self.endpoint}"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class MappedAddress(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.MAPPED_ADDRESS
+    LABEL: ClassVar[str] = "mapped"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class XorMappedAddress(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.XOR_MAPPED_ADDRESS
+    XOR: ClassVar[bool] = True
+    LABEL: ClassVar[str] = "xor-mapped"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class XorMappedAddressAlt(_AddressAttribute):
+    """XOR-MAPPED-ADDRESS under its pre-RFC number 0x8020 (same format)."""
+
+    TYPE: ClassVar[int] = AttrType.XOR_MAPPED_ADDRESS_ALT
+    XOR: ClassVar[bool] = True
+    LABEL: ClassVar[str] = "xor-mapped(0x8020)"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class ResponseOrigin(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.RESPONSE_ORIGIN
+    LABEL: ClassVar[str] = "response-origin"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class OtherAddress(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.OTHER_ADDRESS
+    LABEL: ClassVar[str] = "other-address"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class SourceAddress(_AddressAttribute):
+    """RFC 3489 SOURCE-ADDRESS (old servers still send it; RESPONSE-ORIGIN replaced it)."""
+
+    TYPE: ClassVar[int] = AttrType.SOURCE_ADDRESS
+    LABEL: ClassVar[str] = "source-address"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class ChangedAddress(_AddressAttribute):
+    """RFC 3489 CHANGED-ADDRESS (OTHER-ADDRESS replaced it)."""
+
+    TYPE: ClassVar[int] = AttrType.CHANGED_ADDRESS
+    LABEL: ClassVar[str] = "changed-address"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class AlternateServer(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.ALTERNATE_SERVER
+    LABEL: ClassVar[str] = "alternate-server"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class XorPeerAddress(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.XOR_PEER_ADDRESS
+    XOR: ClassVar[bool] = True
+    LABEL: ClassVar[str] = "xor-peer"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class XorRelayedAddress(_AddressAttribute):
+    TYPE: ClassVar[int] = AttrType.XOR_RELAYED_ADDRESS
+    XOR: ClassVar[bool] = True
+    LABEL: ClassVar[str] = "xor-relayed"
+
+
+# --- UTF-8 text: RFC 8489 §14.3, §14.9, §14.10, §14.14 -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _TextAttribute(StunAttribute):
+    value: str
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return self.value.encode("utf-8")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> _TextAttribute:
+        return cls(_utf8(cls, value))
+
+    def describe(self) -> str:
+        # trailing NULs (some servers count a C string's terminator) are not shown
+        return f"{attr_name(self.TYPE).lower()}={json.dumps(self.value.rstrip(chr(0)), ensure_ascii=False)}"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Username(_TextAttribute):
+    TYPE: ClassVar[int] = AttrType.USERNAME
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Software(_TextAttribute):
+    TYPE: ClassVar[int] = AttrType.SOFTWARE
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Realm(_TextAttribute):
+    TYPE: ClassVar[int] = AttrType.REALM
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Nonce(_TextAttribute):
+    TYPE: ClassVar[int] = AttrType.NONCE
+
+
+# --- errors: RFC 8489 §14.8, §14.13 ---------------------------------------------------------------
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class ErrorCode(StunAttribute):
+    """ERROR-CODE: ``code`` 300..699 (class = hundreds, number = the rest), a UTF-8 reason phrase."""
+
+    TYPE: ClassVar[int] = AttrType.ERROR_CODE
+    code: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.code <= 699:
+            raise BadValueError(f"STUN error code {self.code} is not in 300..699 (RFC 8489 §14.8)")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return struct.pack("!HBB", 0, self.code // 100, self.code % 100) + self.reason.encode("utf-8")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> ErrorCode:
+        if len(value) < 4:
+            raise BadLengthError(f"ERROR-CODE value has {len(value)} bytes, needs at least 4")
+        klass, number = value[2] & 0x07, value[3]  # the 21 bits before the class are reserved
+        if number > 99:
+            raise BadValueError(f"ERROR-CODE number {number} is not in 0..99")
+        return cls(klass * 100 + number, _utf8(cls, value[4:]))
+
+    def describe(self) -> str:
+        return f"{self.code} {self.reason.rstrip(chr(0))}".rstrip()  # coturn pads the reason with NULs
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class UnknownAttributes(StunAttribute):
+    """UNKNOWN-ATTRIBUTES: the comprehension-required types a server did not understand."""
+
+    TYPE: ClassVar[int] = AttrType.UNKNOWN_ATTRIBUTES
+    types: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", tuple(self.types))
+        if any(not 0 <= t <= 0xFFFF for t in self.types):
+            raise BadValueError("UNKNOWN-ATTRIBUTES holds 16-bit attribute types")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return b"".join(t.to_bytes(2, "big") for t in self.types)
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> UnknownAttributes:
+        if len(value) % 2:
+            raise BadLengthError(f"UNKNOWN-ATTRIBUTES value has an odd length ({len(value)})")
+        return cls(tuple(int.from_bytes(value[i : i + 2], "big") for i in range(0, len(value), 2)))
+
+    def describe(self) -> str:
+        return "unknown-attributes " + ",".join(f"0x{t:04x}" for t in self.types)
+
+
+# --- integrity and fingerprint: RFC 8489 §14.5, §14.6, §14.7 -------------------------------------
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class MessageIntegrity(StunAttribute):
+    """MESSAGE-INTEGRITY: the 20-byte HMAC-SHA1 (computed by ``Message.encode(integrity_key=...)``)."""
+
+    TYPE: ClassVar[int] = AttrType.MESSAGE_INTEGRITY
+    hmac: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.hmac) != 20:
+            raise BadLengthError(f"MESSAGE-INTEGRITY is 20 bytes, got {len(self.hmac)}")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return bytes(self.hmac)
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> MessageIntegrity:
+        _check_len(cls, value, 20)
+        return cls(value)
+
+    def describe(self) -> str:
+        return "integrity"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class MessageIntegritySha256(StunAttribute):
+    """MESSAGE-INTEGRITY-SHA256: HMAC-SHA256, possibly truncated to 16..32 bytes in steps of 4."""
+
+    TYPE: ClassVar[int] = AttrType.MESSAGE_INTEGRITY_SHA256
+    hmac: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.hmac) not in (16, 20, 24, 28, 32):
+            raise BadLengthError(f"MESSAGE-INTEGRITY-SHA256 is 16..32 bytes in steps of 4, got {len(self.hmac)}")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return bytes(self.hmac)
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> MessageIntegritySha256:
+        _check_len(cls, value, 16, 20, 24, 28, 32)
+        return cls(value)
+
+    def describe(self) -> str:
+        return "integrity-sha256"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Fingerprint(StunAttribute):
+    """FINGERPRINT: CRC-32 of the message up to here, XOR 0x5354554E (RFC 8489 §14.7)."""
+
+    TYPE: ClassVar[int] = AttrType.FINGERPRINT
+    crc: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crc <= 0xFFFFFFFF:
+            raise BadValueError("FINGERPRINT is a 32-bit value")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return self.crc.to_bytes(4, "big")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> Fingerprint:
+        _check_len(cls, value, 4)
+        return cls(int.from_bytes(value, "big"))
+
+    def describe(self) -> str:
+        return "fingerprint"
+
+
+# --- RFC 5780 behaviour discovery ------------------------------------------------------------------
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class ChangeRequest(StunAttribute):
+    """CHANGE-REQUEST (RFC 5780 §7.2): flag A (0x4) = change IP, flag B (0x2) = change port."""
+
+    TYPE: ClassVar[int] = AttrType.CHANGE_REQUEST
+    change_ip: bool = False
+    change_port: bool = False
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return ((0x4 if self.change_ip else 0) | (0x2 if self.change_port else 0)).to_bytes(4, "big")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> ChangeRequest:
+        _check_len(cls, value, 4)
+        flags = value[3]  # every other bit is unused and ignored
+        return cls(change_ip=bool(flags & 0x4), change_port=bool(flags & 0x2))
+
+    def describe(self) -> str:
+        what = "+".join(n for n, on in (("ip", self.change_ip), ("port", self.change_port)) if on)
+        return f"change-request {what or 'none'}"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class ResponsePort(StunAttribute):
+    """RESPONSE-PORT (RFC 5780 §7.5): a port and 2 bytes of padding, written with length 4 as coturn
+    does. A 2-byte value (stuntman) is accepted too and re-encoded with length 4."""
+
+    TYPE: ClassVar[int] = AttrType.RESPONSE_PORT
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 0xFFFF:
+            raise BadValueError(f"RESPONSE-PORT {self.port} is not in 0..65535")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return self.port.to_bytes(2, "big") + b"\x00\x00"
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> ResponsePort:
+        _check_len(cls, value, 2, 4)
+        return cls(int.from_bytes(value[:2], "big"))
+
+    def describe(self) -> str:
+        return f"response-port {self.port}"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Padding(StunAttribute):
+    """PADDING (RFC 5780 §7.6). Keeps the raw ``data`` (its content is meaningless, but keeping it
+    makes re-encoding exact); build one with ``Padding.zeros(n)``; ``length`` is ``len(data)``."""
+
+    TYPE: ClassVar[int] = AttrType.PADDING
+    data: bytes = b""
+
+    @classmethod
+    def zeros(cls, n: int) -> Padding:
+        return cls(bytes(n))
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return bytes(self.data)
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> Padding:
+        return cls(value)
+
+    def describe(self) -> str:
+        return f"padding {len(self.data)}"
+
+
+# --- ICE: RFC 8445 §16.1 ---------------------------------------------------------------------------
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class Priority(StunAttribute):
+    TYPE: ClassVar[int] = AttrType.PRIORITY
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.value <= 0xFFFFFFFF:
+            raise BadValueError("PRIORITY is a 32-bit value")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> Priority:
+        _check_len(cls, value, 4)
+        return cls(int.from_bytes(value, "big"))
+
+    def describe(self) -> str:
+        return f"priority {self.value}"
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class UseCandidate(StunAttribute):
+    TYPE: ClassVar[int] = AttrType.USE_CANDIDATE
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return b""
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> UseCandidate:
+        _check_len(cls, value, 0)
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class _TieBreaker(StunAttribute):
+    tiebreaker: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tiebreaker <= 0xFFFFFFFFFFFFFFFF:
+            raise BadValueError(f"{attr_name(self.TYPE)} is a 64-bit value")
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return self.tiebreaker.to_bytes(8, "big")
+
+    @classmethod
+    def from_value(cls, value: bytes, txid: TxID) -> _TieBreaker:
+        _check_len(cls, value, 8)
+        return cls(int.from_bytes(value, "big"))
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class IceControlled(_TieBreaker):
+    TYPE: ClassVar[int] = AttrType.ICE_CONTROLLED
+
+
+@_registered
+@dataclass(frozen=True, slots=True)
+class IceControlling(_TieBreaker):
+    TYPE: ClassVar[int] = AttrType.ICE_CONTROLLING
+
+
+# --- anything else ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownAttribute(StunAttribute):
+    """An attribute this codec does not decode, kept as its ``type`` and raw ``value`` (no padding).
+    ``TYPE`` is -1 for this class; the instance's type is ``type`` (and ``attr_type``)."""
+
+    type: int
+    value: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.type <= 0xFFFF:
+            raise BadValueError(f"attribute type {self.type} is not 16-bit")
+
+    @property
+    def attr_type(self) -> int:
+        return self.type
+
+    @property
+    def comprehension_required(self) -> bool:
+        """RFC 8489 §14: types 0x0000-0x7FFF must be understood by the receiver."""
+        return self.type < 0x8000
+
+    def value_bytes(self, txid: TxID) -> bytes:
+        return bytes(self.value)
+
+    def describe(self) -> str:
+        return f"{attr_name(self.type).lower()}({len(self.value)}B)"
+
+
+def decode_attribute(attr_type: int, value: bytes, txid: TxID) -> StunAttribute:
+    """Decode one attribute value (without TLV header and padding). Raises DecodeError only."""
+    cls = REGISTRY.get(attr_type)
+    if cls is None:
+        return UnknownAttribute(attr_type, bytes(value))
+    return cls.from_value(bytes(value), txid)
+
+
+def encode_attribute(attr: StunAttribute, txid: TxID) -> bytes:
+    """One TLV: type, length, value, zero padding to 4 bytes (RFC 8489 §14)."""
+    value = attr.value_bytes(txid)
+    if len(value) > 0xFFFF:
+        raise BadLengthError(f"{attr_name(attr.attr_type)} value of {len(value)} bytes does not fit a STUN attribute")
+    return struct.pack("!HH", attr.attr_type, len(value)) + value + bytes(-len(value) % 4)
+
+
+# fmt: off
+__all__ = [
+    "AlternateServer", "AttrType", "Attribute", "ChangeRequest", "ChangedAddress", "ErrorCode", "Fingerprint",
+    "IceControlled", "IceControlling", "MappedAddress", "MessageIntegrity", "MessageIntegritySha256", "Nonce",
+    "OtherAddress", "Padding", "Priority", "REGISTRY", "Realm", "ResponseOrigin", "ResponsePort", "Software",
+    "SourceAddress", "StunAttribute", "UnknownAttribute", "UnknownAttributes", "UseCandidate", "Username",
+    "XorMappedAddress", "XorMappedAddressAlt", "XorPeerAddress", "XorRelayedAddress", "attr_name",
+    "decode_attribute", "encode_attribute",
+]
+# fmt: on
