@@ -103,3 +103,23 @@ def test_truncated_last_record_ends_quietly(tmp_path: Path) -> None:
     _write(path)
     path.write_bytes(path.read_bytes()[:-5])
     assert len(list(pcapio.udp_payloads(path))) == len(FLOWS) - 1
+
+
+def test_tcp_segments_round_trip_and_tshark_checks_them(tmp_path: Path) -> None:
+    path = tmp_path / "tcp.pcap"
+    with pcapio.PcapWriter(path) as w:
+        w.write(pcapio.tcp_frame("192.168.1.10", 50000, "203.0.113.201", 80, b"GET /derp HTTP/1.1\r\n\r\n", seq=1000))
+        w.write(pcapio.tcp_frame("2001:db8::1", 50001, "2001:db8::2", 80, b"\x06\x00\x00\x00\x00", seq=7, ack=9))
+    got = [pcapio.transport(r) for r in pcapio.read_records(path)]
+    assert [(t.proto, t.src, t.dst, t.tcp_seq, t.payload[:3]) for t in got if t] == [
+        (pcapio.IPPROTO_TCP, "192.168.1.10:50000", "203.0.113.201:80", 1000, b"GET"),
+        (pcapio.IPPROTO_TCP, "[2001:db8::1]:50001", "[2001:db8::2]:80", 7, b"\x06\x00\x00"),
+    ]
+    tshark = require_tool("tshark")
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-o", "tcp.check_checksum:TRUE", "-T", "fields", "-e", "tcp.checksum.status"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["1", "1"]

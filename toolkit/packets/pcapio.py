@@ -261,26 +261,53 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes, *, ethernet: bool = True) -> bytes:
-    """An Ethernet (or raw IP) frame carrying one UDP datagram, checksums correct (RFC 768, RFC 8200 §8.1)."""
+def _ip_frame(src: str, dst: str, proto: int, l4_no_csum: bytes, csum_at: int, ethernet: bool) -> bytes:
+    """Wrap a UDP/TCP segment (checksum field zero at ``csum_at``) in IPv4/IPv6 (+ Ethernet), checksums set."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version != d.version:
         raise DecodeError(f"mixed address families {src} -> {dst}")
-    ulen = 8 + len(payload)
+    n = len(l4_no_csum)
     if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, IPPROTO_UDP, ulen)
+        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, proto, n)
     else:
-        pseudo = s.packed + d.packed + struct.pack("!IxxxB", ulen, IPPROTO_UDP)
-    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
-    csum = _checksum(pseudo + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+        pseudo = s.packed + d.packed + struct.pack("!IxxxB", n, proto)
+    csum = _checksum(pseudo + l4_no_csum)
+    if proto == IPPROTO_UDP and csum == 0:
+        csum = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+    l4 = l4_no_csum[:csum_at] + struct.pack("!H", csum) + l4_no_csum[csum_at + 2 :]
     if s.version == 4:
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0x4000, 64, IPPROTO_UDP, 0, s.packed, d.packed)
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + n, 0, 0x4000, 64, proto, 0, s.packed, d.packed)
         hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
-        ip, etype = hdr + udp, b"\x08\x00"
+        ip, etype = hdr + l4, b"\x08\x00"
     else:
-        ip = struct.pack("!IHBB16s16s", 0x60000000, ulen, IPPROTO_UDP, 64, s.packed, d.packed) + udp
+        ip = struct.pack("!IHBB16s16s", 0x60000000, n, proto, 64, s.packed, d.packed) + l4
         etype = b"\x86\xdd"
     if not ethernet:
         return ip
     return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + etype + ip
+
+
+def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes, *, ethernet: bool = True) -> bytes:
+    """An Ethernet (or raw IP) frame carrying one UDP datagram, checksums correct (RFC 768, RFC 8200 §8.1)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return _ip_frame(src, dst, IPPROTO_UDP, udp, 6, ethernet)
+
+
+TCP_SYN, TCP_ACK, TCP_PSH = 0x02, 0x10, 0x08
+
+
+def tcp_frame(
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    payload: bytes,
+    *,
+    seq: int,
+    ack: int = 0,
+    flags: int = TCP_PSH | TCP_ACK,
+    ethernet: bool = True,
+) -> bytes:
+    """An Ethernet (or raw IP) frame carrying one TCP segment (RFC 9293 §3.1), checksums correct."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
+    return _ip_frame(src, dst, IPPROTO_TCP, tcp + payload, 16, ethernet)
