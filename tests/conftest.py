@@ -10,8 +10,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import IN_CI, require_root, require_tool
+
+# A noisy 2-core machine must not turn a slow example into a failure: no per-example deadline.
+# In CI the examples are derandomized so a run is reproducible from its log.
+settings.register_profile("natkit", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("natkit-ci", parent=settings.get_profile("natkit"), derandomize=True, database=None)
+settings.load_profile("natkit-ci" if IN_CI else "natkit")
 
 _skipped: list[str] = []
 
