@@ -1,10 +1,12 @@
-"""STUN messages: header, type bits, encode/decode, integrity, fingerprint and Tailscale's builders.
+"""STUN messages: header type bits, the Message dataclass, encode/decode and Tailscale's builders.
 
-Follows RFC 8489 (§5 header and type bits, §6 framing, §9 credentials, §14.5-§14.7 integrity and
-fingerprint) and RFC 5780 (CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT,
-PADDING); Tailscale's request and response are byte-exact as in protocols.md §3.1 and §3.2, and
-:func:`is_stun` and :attr:`Message.mapped_endpoint` follow Tailscale's client (protocols.md §3.3).
-The attribute dataclasses live in :mod:`toolkit.codec.stun_attrs` and are re-exported here.
+Follows RFC 8489 (§5 header and type bits, §6 framing, §14.5-§14.7 integrity and fingerprint) and
+RFC 5780 (CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT, PADDING); Tailscale's
+request and response are byte-exact as in protocols.md §3.1 and §3.2, and :func:`is_stun` and
+:attr:`Message.mapped_endpoint` follow Tailscale's client (protocols.md §3.3). This is the module to
+import: it re-exports the attribute dataclasses of :mod:`toolkit.codec.stun_attrs`,
+:mod:`toolkit.codec.stun_attrs_text` and :mod:`toolkit.codec.stun_attrs_ext`, and the byte-level
+framing, integrity, fingerprint and credential helpers of :mod:`toolkit.codec.stun_wire`.
 
 Decoding keeps every attribute in wire order, also those after MESSAGE-INTEGRITY (which a receiver
 must ignore, RFC 8489 §14.5) and unknown ones; checking integrity and fingerprint is a separate
@@ -13,12 +15,6 @@ step (:func:`verify_integrity`, :func:`verify_fingerprint`) on the received byte
 
 from __future__ import annotations
 
-import binascii
-import hashlib
-import hmac
-import stringprep
-import struct
-import unicodedata
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeVar
@@ -26,21 +22,25 @@ from typing import TypeVar
 # fmt: off
 # isort: off
 from toolkit.codec.stun_attrs import (
-    MAGIC_COOKIE, REGISTRY, AlternateServer, Attribute, AttrType, ChangedAddress, ChangeRequest,
-    ErrorCode, Fingerprint, IceControlled, IceControlling, MappedAddress, MessageIntegrity,
-    MessageIntegritySha256, Nonce, OtherAddress, Padding, Priority, Realm, ResponseOrigin,
-    ResponsePort, Software, SourceAddress, StunAttribute, UnknownAttribute, UnknownAttributes,
-    UseCandidate, Username, XorMappedAddress, XorMappedAddressAlt, XorPeerAddress, XorRelayedAddress,
-    attr_name, decode_attribute, encode_attribute,
+    MAGIC_COOKIE, REGISTRY, AlternateServer, Attribute, AttrType, ChangedAddress, MappedAddress, OtherAddress,
+    ResponseOrigin, SourceAddress, StunAttribute, UnknownAttribute, XorMappedAddress, XorMappedAddressAlt,
+    XorPeerAddress, XorRelayedAddress, attr_name, encode_attribute,
+)
+# text before ext: the classes register in RFC 8489 §14 order, as REGISTRY always listed them
+from toolkit.codec.stun_attrs_text import ErrorCode, Nonce, Realm, Software, UnknownAttributes, Username
+from toolkit.codec.stun_attrs_ext import (
+    ChangeRequest, Fingerprint, IceControlled, IceControlling, MessageIntegrity, MessageIntegritySha256, Padding,
+    Priority, ResponsePort, UseCandidate,
+)
+from toolkit.codec.stun_wire import (
+    FINGERPRINT_XOR, HEADER_LEN, _crc, _header, _hmac_sha1, _hmac_sha256, _parse, is_stun, long_term_key,
+    short_term_key, verify_fingerprint, verify_integrity, verify_integrity_sha256,
 )
 # isort: on
 # fmt: on
-from toolkit.errors import BadLengthError, BadMagicError, BadValueError, TruncatedError
+from toolkit.errors import BadMagicError, BadValueError
 from toolkit.types import Endpoint, TxID
 
-HEADER_LEN = 20
-FINGERPRINT_XOR = 0x5354554E
-_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 _A = TypeVar("_A", bound=StunAttribute)
 
 
@@ -103,33 +103,6 @@ def decode_type(t: int) -> tuple[Class, int]:
     cls = Class(((t >> 4) & 1) | ((t >> 7) & 2))
     m = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80)
     return cls, (Method(m) if m in Method._value2member_map_ else m)
-
-
-def _header(msg_type: int, body_len: int, txid: TxID) -> bytes:
-    if body_len > 0xFFFF:
-        raise BadLengthError(f"STUN message body of {body_len} bytes exceeds 65535")
-    return struct.pack("!HHI", msg_type, body_len, MAGIC_COOKIE) + txid.raw
-
-
-def _with_length(prefix: bytes, body_len: int) -> bytes:
-    """``prefix`` with its header length field replaced (RFC 8489 §14.5-§14.7 "adjusted length")."""
-    return prefix[:2] + body_len.to_bytes(2, "big") + prefix[4:]
-
-
-def _hmac_sha1(prefix: bytes, key: bytes) -> bytes:
-    # RFC 8489 §14.5: length counts up to the end of MESSAGE-INTEGRITY (4 + 20 bytes)
-    return hmac.new(key, _with_length(prefix, len(prefix) - HEADER_LEN + 24), hashlib.sha1).digest()
-
-
-def _hmac_sha256(prefix: bytes, key: bytes, size: int = 32) -> bytes:
-    # RFC 8489 §14.6: same rule, the attribute being 4 + size bytes (truncation keeps the first bytes)
-    mac = hmac.new(key, _with_length(prefix, len(prefix) - HEADER_LEN + 4 + size), hashlib.sha256).digest()
-    return mac[:size]
-
-
-def _crc(prefix: bytes) -> int:
-    # RFC 8489 §14.7: CRC-32 (ISO 3309 / zlib) over the message up to FINGERPRINT, length including it
-    return (binascii.crc32(_with_length(prefix, len(prefix) - HEADER_LEN + 8)) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,33 +192,14 @@ class Message:
         return head + ("  " + " ".join(parts) if parts else "")
 
 
-def _parse(data: bytes) -> tuple[int, TxID, list[tuple[int, int, bytes]]]:
-    """Validate the header (RFC 8489 §6) and walk the TLVs: (type, [(attr type, offset, value)])."""
-    data = bytes(data)
-    if len(data) < HEADER_LEN:
-        raise TruncatedError(f"a STUN message has a 20-byte header, got {len(data)} bytes")
-    msg_type, length = struct.unpack_from("!HH", data)
-    if msg_type & 0xC000:
-        raise BadMagicError("not STUN: the top two bits of the message type are not zero", offset=0)
-    if data[4:8] != _COOKIE_BYTES:
-        raise BadMagicError(f"not STUN: magic cookie is {data[4:8].hex()}, expected 2112a442", offset=4)
-    if length % 4:
-        raise BadLengthError(f"STUN length {length} is not a multiple of 4", offset=2)
-    end = HEADER_LEN + length
-    if end > len(data):
-        raise TruncatedError(f"STUN header says {length} bytes of attributes, only {len(data) - HEADER_LEN} follow")
-    txid = TxID(data[8:20])
-    attrs: list[tuple[int, int, bytes]] = []
-    pos = HEADER_LEN
-    while pos < end:  # bytes beyond `end` are ignored (protocols.md §3.3)
-        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
-        if pos + 4 + attr_len > end:
-            raise TruncatedError(
-                f"STUN attribute {attr_type:#06x} of {attr_len} bytes overruns the message", offset=pos
-            )
-        attrs.append((attr_type, pos, data[pos + 4 : pos + 4 + attr_len]))
-        pos += 4 + attr_len + (-attr_len % 4)  # RFC 8489 §14: values are padded to 4 bytes
-    return msg_type, txid, attrs
+def decode_attribute(attr_type: int, value: bytes, txid: TxID) -> StunAttribute:
+    """Decode one attribute value (without TLV header and padding). Raises DecodeError only.
+
+    :data:`REGISTRY` is complete here: this module imports every attribute module."""
+    cls = REGISTRY.get(attr_type)
+    if cls is None:
+        return UnknownAttribute(attr_type, bytes(value))
+    return cls.from_value(bytes(value), txid)
 
 
 def decode(data: bytes) -> Message:
@@ -254,87 +208,6 @@ def decode(data: bytes) -> Message:
     cls, method = decode_type(msg_type)
     attrs = tuple(decode_attribute(t, value, txid) for t, _, value in raw)
     return Message(cls, method, txid, attrs, wire=bytes(data[: HEADER_LEN + int.from_bytes(data[2:4], "big")]))
-
-
-def is_stun(data: bytes) -> bool:
-    """Tailscale's ``stun.Is`` (protocols.md §3.3): 20+ bytes, top two bits zero, magic cookie."""
-    return len(data) >= HEADER_LEN and data[0] & 0xC0 == 0 and bytes(data[4:8]) == _COOKIE_BYTES
-
-
-def _find(data: bytes, attr_type: int) -> tuple[bytes, int, bytes, bool] | None:
-    """The first attribute of ``attr_type``: (message prefix before it, its index, value, is last)."""
-    _, _, attrs = _parse(data)
-    for i, (t, off, value) in enumerate(attrs):
-        if t == attr_type:
-            return bytes(data[:off]), i, value, i == len(attrs) - 1
-    return None
-
-
-def verify_fingerprint(data: bytes) -> bool | None:
-    """None without FINGERPRINT; False unless it is the last attribute and its CRC matches
-    (RFC 8489 §14.7). Raises DecodeError if ``data`` is not STUN framing."""
-    found = _find(data, AttrType.FINGERPRINT)
-    if found is None:
-        return None
-    prefix, _, value, last = found
-    return last and len(value) == 4 and int.from_bytes(value, "big") == _crc(prefix)
-
-
-def verify_integrity(data: bytes, key: bytes) -> bool | None:
-    """Check the first MESSAGE-INTEGRITY with ``key`` (RFC 8489 §14.5); None when there is none."""
-    found = _find(data, AttrType.MESSAGE_INTEGRITY)
-    if found is None:
-        return None
-    prefix, _, value, _ = found
-    return len(value) == 20 and hmac.compare_digest(value, _hmac_sha1(prefix, key))
-
-
-def verify_integrity_sha256(data: bytes, key: bytes) -> bool | None:
-    """Check the first MESSAGE-INTEGRITY-SHA256 (possibly truncated) with ``key`` (RFC 8489 §14.6)."""
-    found = _find(data, AttrType.MESSAGE_INTEGRITY_SHA256)
-    if found is None:
-        return None
-    prefix, _, value, _ = found
-    if len(value) not in (16, 20, 24, 28, 32):
-        return False
-    return hmac.compare_digest(value, _hmac_sha256(prefix, key, len(value)))
-
-
-# --- credentials: RFC 8489 §9.1.2, §9.2.2, §18.5.1 -------------------------------------------------
-
-
-def _opaque_string(s: str) -> str:
-    """RFC 8265 §4.2 OpaqueString, simplified: non-ASCII spaces become U+0020, then NFC.
-    Disallowed code points are not rejected. ASCII passwords pass through unchanged."""
-    s = "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in s)
-    return unicodedata.normalize("NFC", s)
-
-
-def _saslprep(s: str) -> str:
-    """RFC 4013 SASLprep (what RFC 5389 and the RFC 5769 vectors use), simplified: drop the
-    "mapped to nothing" characters (RFC 3454 B.1), non-ASCII spaces (C.1.2) to U+0020, NFKC.
-    Prohibited-output and bidi checks are not done."""
-    s = "".join(" " if stringprep.in_table_c12(ch) else ch for ch in s if not stringprep.in_table_b1(ch))
-    return unicodedata.normalize("NFKC", s)
-
-
-def short_term_key(password: str, *, saslprep: bool = False) -> bytes:
-    """The HMAC key for short-term credentials: OpaqueString(password) in UTF-8 (RFC 8489 §9.1.2);
-    ``saslprep=True`` uses RFC 5389's SASLprep instead."""
-    return (_saslprep(password) if saslprep else _opaque_string(password)).encode("utf-8")
-
-
-def long_term_key(username: str, realm: str, password: str, *, algorithm: str = "md5", saslprep: bool = False) -> bytes:
-    """The long-term credential key (RFC 8489 §9.2.2): MD5(username ":" realm ":" password), realm
-    and password through OpaqueString (or SASLprep). ``algorithm="sha256"`` gives the SHA-256 key of
-    PASSWORD-ALGORITHM 0x0002 (RFC 8489 §18.5.1.2)."""
-    prep = _saslprep if saslprep else _opaque_string
-    text = f"{username}:{prep(realm)}:{prep(password)}".encode()
-    if algorithm == "md5":
-        return hashlib.md5(text, usedforsecurity=False).digest()
-    if algorithm == "sha256":
-        return hashlib.sha256(text).digest()
-    raise BadValueError(f"unknown STUN password algorithm {algorithm!r}: use 'md5' or 'sha256'")
 
 
 # --- builders --------------------------------------------------------------------------------------

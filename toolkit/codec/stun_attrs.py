@@ -1,9 +1,12 @@
-"""STUN attributes: the type registry and one frozen dataclass per attribute we decode.
+"""STUN attributes, part 1: the type registry, the attribute base class and the address attributes.
 
-Follows RFC 8489 §14 (attribute formats) and §18.3 (IANA registry), RFC 5780 §7 (NAT behaviour
-discovery: CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT, PADDING), RFC 8445 §16.1
-(ICE: PRIORITY, USE-CANDIDATE, ICE-CONTROLLED, ICE-CONTROLLING) and RFC 8656 (a few TURN ones).
-:mod:`toolkit.codec.stun` re-exports everything here; import from there.
+Follows RFC 8489 §14 (attribute TLVs), §14.1-§14.2 (MAPPED-ADDRESS, XOR-MAPPED-ADDRESS) and §18.3
+(IANA registry), RFC 5780 §7.3-§7.4 (RESPONSE-ORIGIN, OTHER-ADDRESS), RFC 3489 (SOURCE-ADDRESS,
+CHANGED-ADDRESS) and RFC 8656 (XOR-PEER-ADDRESS, XOR-RELAYED-ADDRESS). The other attributes live in
+:mod:`toolkit.codec.stun_attrs_text` (text and error attributes) and :mod:`toolkit.codec.stun_attrs_ext`
+(integrity, fingerprint, RFC 5780 probes, ICE); each class adds itself to :data:`REGISTRY` when its
+module is imported. :mod:`toolkit.codec.stun` imports all three, decodes attributes through the
+registry and re-exports everything; import from there.
 
 Every attribute class has a class attribute ``TYPE``; :class:`UnknownAttribute` keeps any other
 attribute as (``type``, raw ``value``) so nothing is lost. Decoding is strict about lengths and
@@ -15,7 +18,6 @@ byte-identically when its padding and reserved bits are zero, which every sane s
 from __future__ import annotations
 
 import ipaddress
-import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -121,7 +123,8 @@ class StunAttribute:
 Attribute = StunAttribute
 
 REGISTRY: dict[int, type[StunAttribute]] = {}
-"""Attribute type -> the class that decodes it; any other type becomes :class:`UnknownAttribute`."""
+"""Attribute type -> the class that decodes it; any other type becomes :class:`UnknownAttribute`.
+Filled by ``@_registered`` here, in :mod:`~toolkit.codec.stun_attrs_text` and :mod:`~toolkit.codec.stun_attrs_ext`."""
 _S = TypeVar("_S", bound=type[StunAttribute])
 
 
@@ -134,13 +137,6 @@ def _check_len(cls: type[StunAttribute], value: bytes, *allowed: int) -> None:
     if len(value) not in allowed:
         want = " or ".join(str(n) for n in allowed)
         raise BadLengthError(f"{attr_name(cls.TYPE)} value has {len(value)} bytes, expected {want}")
-
-
-def _utf8(cls: type[StunAttribute], value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadValueError(f"{attr_name(cls.TYPE)} is not UTF-8: {exc}") from None
 
 
 # --- addresses: RFC 8489 §14.1 (plain) and §14.2 (XOR with cookie ‖ TxID) ---------------------
@@ -278,329 +274,6 @@ class XorRelayedAddress(_AddressAttribute):
     LABEL: ClassVar[str] = "xor-relayed"
 
 
-# --- UTF-8 text: RFC 8489 §14.3, §14.9, §14.10, §14.14 -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _TextAttribute(StunAttribute):
-    value: str
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return self.value.encode("utf-8")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> _TextAttribute:
-        return cls(_utf8(cls, value))
-
-    def describe(self) -> str:
-        # trailing NULs (some servers count a C string's terminator) are not shown
-        return f"{attr_name(self.TYPE).lower()}={json.dumps(self.value.rstrip(chr(0)), ensure_ascii=False)}"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Username(_TextAttribute):
-    TYPE: ClassVar[int] = AttrType.USERNAME
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Software(_TextAttribute):
-    TYPE: ClassVar[int] = AttrType.SOFTWARE
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Realm(_TextAttribute):
-    TYPE: ClassVar[int] = AttrType.REALM
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Nonce(_TextAttribute):
-    TYPE: ClassVar[int] = AttrType.NONCE
-
-
-# --- errors: RFC 8489 §14.8, §14.13 ---------------------------------------------------------------
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class ErrorCode(StunAttribute):
-    """ERROR-CODE: ``code`` 300..699 (class = hundreds, number = the rest), a UTF-8 reason phrase."""
-
-    TYPE: ClassVar[int] = AttrType.ERROR_CODE
-    code: int
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if not 300 <= self.code <= 699:
-            raise BadValueError(f"STUN error code {self.code} is not in 300..699 (RFC 8489 §14.8)")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return struct.pack("!HBB", 0, self.code // 100, self.code % 100) + self.reason.encode("utf-8")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> ErrorCode:
-        if len(value) < 4:
-            raise BadLengthError(f"ERROR-CODE value has {len(value)} bytes, needs at least 4")
-        klass, number = value[2] & 0x07, value[3]  # the 21 bits before the class are reserved
-        if number > 99:
-            raise BadValueError(f"ERROR-CODE number {number} is not in 0..99")
-        return cls(klass * 100 + number, _utf8(cls, value[4:]))
-
-    def describe(self) -> str:
-        return f"{self.code} {self.reason.rstrip(chr(0))}".rstrip()  # coturn pads the reason with NULs
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class UnknownAttributes(StunAttribute):
-    """UNKNOWN-ATTRIBUTES: the comprehension-required types a server did not understand."""
-
-    TYPE: ClassVar[int] = AttrType.UNKNOWN_ATTRIBUTES
-    types: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "types", tuple(self.types))
-        if any(not 0 <= t <= 0xFFFF for t in self.types):
-            raise BadValueError("UNKNOWN-ATTRIBUTES holds 16-bit attribute types")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return b"".join(t.to_bytes(2, "big") for t in self.types)
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> UnknownAttributes:
-        if len(value) % 2:
-            raise BadLengthError(f"UNKNOWN-ATTRIBUTES value has an odd length ({len(value)})")
-        return cls(tuple(int.from_bytes(value[i : i + 2], "big") for i in range(0, len(value), 2)))
-
-    def describe(self) -> str:
-        return "unknown-attributes " + ",".join(f"0x{t:04x}" for t in self.types)
-
-
-# --- integrity and fingerprint: RFC 8489 §14.5, §14.6, §14.7 -------------------------------------
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class MessageIntegrity(StunAttribute):
-    """MESSAGE-INTEGRITY: the 20-byte HMAC-SHA1 (computed by ``Message.encode(integrity_key=...)``)."""
-
-    TYPE: ClassVar[int] = AttrType.MESSAGE_INTEGRITY
-    hmac: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.hmac) != 20:
-            raise BadLengthError(f"MESSAGE-INTEGRITY is 20 bytes, got {len(self.hmac)}")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return bytes(self.hmac)
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> MessageIntegrity:
-        _check_len(cls, value, 20)
-        return cls(value)
-
-    def describe(self) -> str:
-        return "integrity"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class MessageIntegritySha256(StunAttribute):
-    """MESSAGE-INTEGRITY-SHA256: HMAC-SHA256, possibly truncated to 16..32 bytes in steps of 4."""
-
-    TYPE: ClassVar[int] = AttrType.MESSAGE_INTEGRITY_SHA256
-    hmac: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.hmac) not in (16, 20, 24, 28, 32):
-            raise BadLengthError(f"MESSAGE-INTEGRITY-SHA256 is 16..32 bytes in steps of 4, got {len(self.hmac)}")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return bytes(self.hmac)
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> MessageIntegritySha256:
-        _check_len(cls, value, 16, 20, 24, 28, 32)
-        return cls(value)
-
-    def describe(self) -> str:
-        return "integrity-sha256"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Fingerprint(StunAttribute):
-    """FINGERPRINT: CRC-32 of the message up to here, XOR 0x5354554E (RFC 8489 §14.7)."""
-
-    TYPE: ClassVar[int] = AttrType.FINGERPRINT
-    crc: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.crc <= 0xFFFFFFFF:
-            raise BadValueError("FINGERPRINT is a 32-bit value")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return self.crc.to_bytes(4, "big")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> Fingerprint:
-        _check_len(cls, value, 4)
-        return cls(int.from_bytes(value, "big"))
-
-    def describe(self) -> str:
-        return "fingerprint"
-
-
-# --- RFC 5780 behaviour discovery ------------------------------------------------------------------
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class ChangeRequest(StunAttribute):
-    """CHANGE-REQUEST (RFC 5780 §7.2): flag A (0x4) = change IP, flag B (0x2) = change port."""
-
-    TYPE: ClassVar[int] = AttrType.CHANGE_REQUEST
-    change_ip: bool = False
-    change_port: bool = False
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return ((0x4 if self.change_ip else 0) | (0x2 if self.change_port else 0)).to_bytes(4, "big")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> ChangeRequest:
-        _check_len(cls, value, 4)
-        flags = value[3]  # every other bit is unused and ignored
-        return cls(change_ip=bool(flags & 0x4), change_port=bool(flags & 0x2))
-
-    def describe(self) -> str:
-        what = "+".join(n for n, on in (("ip", self.change_ip), ("port", self.change_port)) if on)
-        return f"change-request {what or 'none'}"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class ResponsePort(StunAttribute):
-    """RESPONSE-PORT (RFC 5780 §7.5): a port and 2 bytes of padding, written with length 4 as coturn
-    does. A 2-byte value (stuntman) is accepted too and re-encoded with length 4."""
-
-    TYPE: ClassVar[int] = AttrType.RESPONSE_PORT
-    port: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 0xFFFF:
-            raise BadValueError(f"RESPONSE-PORT {self.port} is not in 0..65535")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return self.port.to_bytes(2, "big") + b"\x00\x00"
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> ResponsePort:
-        _check_len(cls, value, 2, 4)
-        return cls(int.from_bytes(value[:2], "big"))
-
-    def describe(self) -> str:
-        return f"response-port {self.port}"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Padding(StunAttribute):
-    """PADDING (RFC 5780 §7.6). Keeps the raw ``data`` (its content is meaningless, but keeping it
-    makes re-encoding exact); build one with ``Padding.zeros(n)``; ``length`` is ``len(data)``."""
-
-    TYPE: ClassVar[int] = AttrType.PADDING
-    data: bytes = b""
-
-    @classmethod
-    def zeros(cls, n: int) -> Padding:
-        return cls(bytes(n))
-
-    @property
-    def length(self) -> int:
-        return len(self.data)
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return bytes(self.data)
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> Padding:
-        return cls(value)
-
-    def describe(self) -> str:
-        return f"padding {len(self.data)}"
-
-
-# --- ICE: RFC 8445 §16.1 ---------------------------------------------------------------------------
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class Priority(StunAttribute):
-    TYPE: ClassVar[int] = AttrType.PRIORITY
-    value: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.value <= 0xFFFFFFFF:
-            raise BadValueError("PRIORITY is a 32-bit value")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> Priority:
-        _check_len(cls, value, 4)
-        return cls(int.from_bytes(value, "big"))
-
-    def describe(self) -> str:
-        return f"priority {self.value}"
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class UseCandidate(StunAttribute):
-    TYPE: ClassVar[int] = AttrType.USE_CANDIDATE
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return b""
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> UseCandidate:
-        _check_len(cls, value, 0)
-        return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class _TieBreaker(StunAttribute):
-    tiebreaker: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.tiebreaker <= 0xFFFFFFFFFFFFFFFF:
-            raise BadValueError(f"{attr_name(self.TYPE)} is a 64-bit value")
-
-    def value_bytes(self, txid: TxID) -> bytes:
-        return self.tiebreaker.to_bytes(8, "big")
-
-    @classmethod
-    def from_value(cls, value: bytes, txid: TxID) -> _TieBreaker:
-        _check_len(cls, value, 8)
-        return cls(int.from_bytes(value, "big"))
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class IceControlled(_TieBreaker):
-    TYPE: ClassVar[int] = AttrType.ICE_CONTROLLED
-
-
-@_registered
-@dataclass(frozen=True, slots=True)
-class IceControlling(_TieBreaker):
-    TYPE: ClassVar[int] = AttrType.ICE_CONTROLLING
-
-
 # --- anything else ---------------------------------------------------------------------------------
 
 
@@ -632,14 +305,6 @@ class UnknownAttribute(StunAttribute):
         return f"{attr_name(self.type).lower()}({len(self.value)}B)"
 
 
-def decode_attribute(attr_type: int, value: bytes, txid: TxID) -> StunAttribute:
-    """Decode one attribute value (without TLV header and padding). Raises DecodeError only."""
-    cls = REGISTRY.get(attr_type)
-    if cls is None:
-        return UnknownAttribute(attr_type, bytes(value))
-    return cls.from_value(bytes(value), txid)
-
-
 def encode_attribute(attr: StunAttribute, txid: TxID) -> bytes:
     """One TLV: type, length, value, zero padding to 4 bytes (RFC 8489 §14)."""
     value = attr.value_bytes(txid)
@@ -650,11 +315,8 @@ def encode_attribute(attr: StunAttribute, txid: TxID) -> bytes:
 
 # fmt: off
 __all__ = [
-    "AlternateServer", "AttrType", "Attribute", "ChangeRequest", "ChangedAddress", "ErrorCode", "Fingerprint",
-    "IceControlled", "IceControlling", "MappedAddress", "MessageIntegrity", "MessageIntegritySha256", "Nonce",
-    "OtherAddress", "Padding", "Priority", "REGISTRY", "Realm", "ResponseOrigin", "ResponsePort", "Software",
-    "SourceAddress", "StunAttribute", "UnknownAttribute", "UnknownAttributes", "UseCandidate", "Username",
-    "XorMappedAddress", "XorMappedAddressAlt", "XorPeerAddress", "XorRelayedAddress", "attr_name",
-    "decode_attribute", "encode_attribute",
+    "AlternateServer", "AttrType", "Attribute", "ChangedAddress", "MAGIC_COOKIE", "MappedAddress", "OtherAddress",
+    "REGISTRY", "ResponseOrigin", "SourceAddress", "StunAttribute", "UnknownAttribute", "XorMappedAddress",
+    "XorMappedAddressAlt", "XorPeerAddress", "XorRelayedAddress", "attr_name", "encode_attribute",
 ]
 # fmt: on
