@@ -1,0 +1,421 @@
+"""From captured frames to lesson lines: classify, decode, open disco boxes, cut DERP streams.
+
+This is the sniffer's pipeline, shared by live capture and ``natkit decode FILE``. It is fast
+where it must be: headers are stripped with :mod:`toolkit.packets.pcapio`, every UDP payload is
+classified with the codec's demux (protocols.md §4.11) and decoded with the codecs, disco boxes
+are opened with the :class:`~toolkit.packets.keyring.Keyring`, and TCP is put back in order by
+:class:`DERPReassembler`, which cuts DERP connections into frames (protocols.md §2.1, §2.2).
+scapy dissects a packet only when asked (:meth:`Event.packet`, :meth:`Event.dissection`, ``-v``).
+
+DERP connections are recognised by content: a request head with ``Upgrade: DERP``, a ``101``
+answer with ``Upgrade: DERP``, or a stream that starts with a ServerKey frame (fast start, §2.1).
+A capture that starts in the middle of a connection cannot find frame boundaries: it is ignored.
+
+Nothing stops the pipeline: a malformed packet becomes an :class:`Event` whose ``error`` says why
+(its ``reason`` is counted in :class:`Stats`), and even an unexpected exception is counted as an
+``internal-error`` event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from toolkit.codec import demux, stun, wireguard
+from toolkit.codec import derp as derp_codec
+from toolkit.codec.demux import Kind
+from toolkit.errors import BadChecksumError, BadLengthError, DecodeError, TruncatedError
+from toolkit.packets import pcapio
+from toolkit.packets.keyring import Keyring, OpenedDisco
+from toolkit.types import Endpoint
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
+
+DERP = "derp"  # the kind of an event cut from a DERP connection (TCP)
+
+
+def natkit_kind(payload: bytes) -> Kind:
+    """The demux's kind (``demux.classify``), except that bytes the demux would hand to WireGuard
+    but that do not even start like WireGuard (type 1..4, then three zero bytes, protocols.md §8.1)
+    are :attr:`Kind.UNKNOWN`: they are not natkit traffic (DNS, mDNS, ...), not malformed WireGuard."""
+    kind = demux.classify(payload)
+    if kind is Kind.WIREGUARD and wireguard.message_type(payload) is None:
+        return Kind.UNKNOWN
+    return kind
+
+
+@dataclass(slots=True)
+class Event:
+    """One line of output: a UDP datagram, or a DERP upgrade/frame cut from a TCP stream."""
+
+    index: int  # number of the captured frame (1-based, as tshark counts)
+    ts: float
+    src: str
+    dst: str
+    transport: str  # "udp" or "tcp"
+    kind: str  # a demux Kind value, "derp", or "internal-error"
+    summary: str
+    payload: bytes  # the UDP payload, or the whole DERP frame / HTTP head
+    record: pcapio.Record | None = None
+    error: DecodeError | None = None
+    opened: OpenedDisco | None = None
+
+    @property
+    def malformed(self) -> bool:
+        return self.error is not None
+
+    def line(self, t0: float = 0.0) -> str:
+        return f"{self.index:5d} {self.ts - t0:10.6f}  {self.src} -> {self.dst}  {self.summary}"
+
+    def packet(self) -> Packet:
+        """The scapy dissection (lazy); an opened disco box is attached under its wrapper."""
+        from toolkit.packets.bind import dissect_event
+
+        return dissect_event(self)
+
+    def dissection(self) -> str:
+        """``packet().show()`` as text, for ``-v``."""
+        return str(self.packet().show(dump=True))
+
+
+@dataclass
+class Stats:
+    """Counts of a capture, printed at the end."""
+
+    packets: int = 0
+    udp: int = 0
+    tcp: int = 0
+    other: int = 0  # not UDP/TCP over IP (ARP, ICMP, fragments, ...)
+    kinds: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    derp_frames: Counter[str] = field(default_factory=Counter)
+    disco_opened: int = 0
+    disco_sealed: int = 0
+    internal_errors: int = 0
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
+
+    def format(self) -> str:
+        def counts(c: Counter[str]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
+
+        lines = [
+            f"{self.packets} packets: {self.udp} UDP, {self.tcp} TCP, {self.other} other",
+            f"kinds: {counts(self.kinds)}",
+            f"disco: {self.disco_opened} opened, {self.disco_sealed} left sealed",
+            f"malformed: {self.malformed_total}" + (f" ({counts(self.malformed)})" if self.malformed else ""),
+        ]
+        if self.derp_frames:
+            lines.insert(2, f"DERP frames: {counts(self.derp_frames)}")
+        if self.internal_errors:
+            lines.append(f"internal errors: {self.internal_errors} (please report them)")
+        return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class _Described:
+    kind: Kind
+    summary: str
+    error: DecodeError | None = None
+    opened: OpenedDisco | None = None
+
+
+class Analyzer:
+    """Turns captured frames into :class:`Event` s and counts them in :attr:`stats`."""
+
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        self.keyring = keyring if keyring is not None else Keyring()
+        self.stats = Stats()
+        self.derp = DERPReassembler()
+
+    def process(self, record: pcapio.Record, index: int | None = None) -> list[Event]:
+        """The events of one captured frame (none for traffic natkit does not show)."""
+        self.stats.packets += 1
+        index = self.stats.packets if index is None else index
+        try:
+            t = pcapio.transport(record)
+            if t is None:
+                self.stats.other += 1
+                return []
+            src, dst = _endpoint(t.src_ip, t.src_port), _endpoint(t.dst_ip, t.dst_port)
+            if t.proto == pcapio.IPPROTO_UDP:
+                self.stats.udp += 1
+                d = self.describe(t.payload)
+                self._count(d.kind.value, d.error)
+                if self.keyring.names:
+                    d.summary = self.keyring.rename(d.summary)
+                return [Event(index, t.ts, str(src), str(dst), "udp", d.kind.value, d.summary, t.payload, record,
+                              d.error, d.opened)]  # fmt: skip
+            self.stats.tcp += 1
+            return self._tcp(index, record, t, src, dst)
+        except Exception as exc:  # the capture must go on (design: count, show, continue)
+            self.stats.internal_errors += 1
+            text = f"natkit could not analyse this packet: {type(exc).__name__}: {exc}"
+            return [Event(index, record.ts, "?", "?", "?", "internal-error", text, record.data, record)]
+
+    def _count(self, kind: str, error: DecodeError | None) -> None:
+        self.stats.kinds[kind] += 1
+        if error is not None:
+            self.stats.malformed[error.reason] += 1
+
+    def _tcp(self, index: int, record: pcapio.Record, t: pcapio.Transport, src: Endpoint, dst: Endpoint) -> list[Event]:
+        events = []
+        for ev in self.derp.add_segment(src, dst, t.tcp_seq, t.tcp_flags, t.payload):
+            summary, error, opened = ev.summary(), ev.error, None
+            if ev.frame is not None:
+                self.stats.derp_frames[type(ev.frame).__name__] += 1
+                inner = getattr(ev.frame, "packet", None)
+                if isinstance(inner, bytes) and inner:
+                    d = self.describe(inner)
+                    summary = f"{summary}: {d.summary}"
+                    error, opened = d.error, d.opened
+            self._count(DERP, error)
+            if self.keyring.names:
+                summary = self.keyring.rename(summary)
+            events.append(Event(index, t.ts, str(ev.src), str(ev.dst), "tcp", DERP, summary, ev.raw, record, error,
+                                opened))  # fmt: skip
+        return events
+
+    def describe(self, payload: bytes) -> _Described:
+        """Classify and decode one datagram (a UDP payload or a DERP packet body)."""
+        kind = natkit_kind(payload)
+        if kind is Kind.UNKNOWN:
+            return _Described(kind, f"UDP {len(payload)}B, not STUN, disco or WireGuard")
+        decoded = demux.decode_datagram(payload)
+        geneve = f"{decoded.geneve.summary()} | " if decoded.geneve is not None else ""
+        if decoded.error is not None:
+            err = decoded.error
+            return _Described(kind, f"{geneve}{kind.value} malformed ({err.reason}): {err}", err)
+        msg = decoded.message
+        if isinstance(msg, stun.Message):
+            if stun.verify_fingerprint(payload) is False:
+                err = BadChecksumError("STUN FINGERPRINT does not match the message (RFC 8489 §14.7)")
+                return _Described(kind, f"{msg.summary()}  [malformed: bad-checksum]", err)
+            return _Described(kind, msg.summary())
+        if kind in (Kind.DISCO, Kind.GENEVE_DISCO):
+            return self._disco(kind, geneve, payload[8:] if decoded.geneve is not None else payload, msg)
+        return _Described(kind, geneve + msg.summary())  # type: ignore[attr-defined]
+
+    def _disco(self, kind: Kind, geneve: str, data: bytes, wrapper: object) -> _Described:
+        opened = self.keyring.open_disco(data) if self.keyring.has_disco_keys else None
+        if opened is None:
+            self.stats.disco_sealed += 1
+            why = "none of the keys opens it" if self.keyring.has_disco_keys else "no keys: --keys FILE opens it"
+            return _Described(kind, f"{geneve}{wrapper.summary()} ({why})")  # type: ignore[attr-defined]
+        self.stats.disco_opened += 1
+        who = f"from {self.keyring.label(opened.sender)} to {self.keyring.label(opened.receiver)}"
+        if opened.message is None:
+            err = opened.error
+            assert err is not None
+            text = f"{geneve}disco {who}: opened, but the plaintext is malformed ({err.reason}): {err}"
+            return _Described(kind, text, err, opened)
+        return _Described(kind, f"{geneve}{opened.message.summary()} {who}", None, opened)
+
+
+# --- reassembly: TCP segments -> DERP frames (protocols.md §2.1, §2.2) ------------------------------
+
+_SEQ_MASK = 0xFFFFFFFF
+_MAX_PENDING = 4 << 20  # out-of-order bytes held per direction before the stream is given up
+_SYN, _FIN, _RST = 0x02, 0x01, 0x04
+
+
+@dataclass(slots=True)
+class DERPEvent:
+    """What :class:`DERPReassembler` found in one direction of a connection.
+
+    ``kind`` is ``upgrade-request``, ``upgrade-response`` (``raw`` is the HTTP head), ``frame``
+    (``raw`` is the whole frame, ``frame`` the codec's dataclass) or ``error`` (``error`` says why;
+    ``raw`` holds the frame when its bytes were complete).
+    """
+
+    src: Endpoint
+    dst: Endpoint
+    kind: str
+    raw: bytes
+    frame: derp_codec.Frame | None = None
+    error: DecodeError | None = None
+    text: str = ""
+
+    def summary(self) -> str:
+        if self.frame is not None:
+            return self.frame.summary()
+        if self.error is not None:
+            return f"DERP malformed ({self.error.reason}): {self.error}"
+        return self.text
+
+    def packet(self) -> Packet:
+        """The scapy view: a :class:`~toolkit.packets.derp.DERPFrame` for frames, the HTTP head as Raw."""
+        from scapy.packet import Raw
+
+        from toolkit.packets.derp import DERPFrame
+
+        return DERPFrame(self.raw) if self.kind in ("frame", "error") and self.raw else Raw(self.raw)
+
+
+class _Direction:
+    __slots__ = ("buf", "next_seq", "pending", "pending_bytes", "state")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.pending: dict[int, bytes] = {}
+        self.pending_bytes = 0
+        self.buf = bytearray()
+        self.state = "start"  # -> "frames" | "ignore"
+
+    def push(self, seq: int, flags: int, payload: bytes) -> bytes | None:
+        """Add a segment; return the bytes now in order, or None when a gap is too large."""
+        if flags & _SYN:
+            self.next_seq = (seq + 1) & _SEQ_MASK
+            seq = (seq + 1) & _SEQ_MASK
+        if not payload:
+            return b""
+        if self.next_seq is None:
+            self.next_seq = seq  # capture started after the handshake
+        if len(payload) > len(self.pending.get(seq, b"")):
+            self.pending_bytes += len(payload) - len(self.pending.get(seq, b""))
+            self.pending[seq] = payload
+        out = bytearray()
+        progress = True
+        while progress and self.pending:
+            progress = False
+            for start in list(self.pending):
+                behind = (self.next_seq - start) & _SEQ_MASK
+                if behind >= 1 << 31:
+                    continue  # starts after a hole
+                data = self.pending.pop(start)
+                self.pending_bytes -= len(data)
+                if behind < len(data):  # skip what a retransmission repeats
+                    out += data[behind:]
+                    self.next_seq = (self.next_seq + len(data) - behind) & _SEQ_MASK
+                progress = True
+        if self.pending_bytes > _MAX_PENDING:
+            return None
+        return bytes(out)
+
+
+class _Flow:
+    __slots__ = ("closed", "derp", "dirs")
+
+    def __init__(self) -> None:
+        self.dirs: dict[tuple[Endpoint, Endpoint], _Direction] = {}
+        self.derp = False
+        self.closed: set[tuple[Endpoint, Endpoint]] = set()
+
+
+class DERPReassembler:
+    """Puts TCP segments back in order per direction and cuts DERP connections into frames.
+
+    Feed every TCP segment with :meth:`add_segment`, in capture order; it returns the events
+    completed by that segment. Retransmissions and reordering are handled; a connection whose
+    beginning was not captured is ignored (frame boundaries cannot be found), and so is a gap of
+    more than 4 MiB. ``max_flows`` bounds the memory: the oldest connection is forgotten first.
+    """
+
+    def __init__(self, max_flows: int = 4096) -> None:
+        self.max_flows = max_flows
+        self._flows: dict[tuple[Endpoint, Endpoint], _Flow] = {}
+
+    def add_segment(self, src: Endpoint, dst: Endpoint, seq: int, flags: int, payload: bytes) -> list[DERPEvent]:
+        key = (src, dst) if (src, dst) <= (dst, src) else (dst, src)
+        flow = self._flows.get(key)
+        if flow is None:
+            if flags & _RST:
+                return []
+            if len(self._flows) >= self.max_flows:
+                del self._flows[next(iter(self._flows))]
+            flow = self._flows[key] = _Flow()
+        d = flow.dirs.setdefault((src, dst), _Direction())
+        events: list[DERPEvent] = []
+        if d.state != "ignore":
+            data = d.push(seq, flags, bytes(payload))
+            if data is None:
+                gap = TruncatedError("more than 4 MiB wait behind a gap in the TCP stream (segments lost?)")
+                events.append(DERPEvent(src, dst, "error", b"", error=gap))
+                d.state, d.pending, d.pending_bytes = "ignore", {}, 0
+            elif data:
+                d.buf += data
+                events = self._cut(flow, d, src, dst)
+        if flags & _RST:
+            del self._flows[key]
+        elif flags & _FIN:
+            flow.closed.add((src, dst))
+            if len(flow.closed) == 2:
+                del self._flows[key]
+        return events
+
+    def _cut(self, flow: _Flow, d: _Direction, src: Endpoint, dst: Endpoint) -> list[DERPEvent]:
+        events: list[DERPEvent] = []
+        buf = d.buf
+        while d.state == "start":
+            if buf[:4] == b"GET " or buf[:5] == b"HTTP/":
+                try:
+                    split = derp_codec.split_http_head(bytes(buf))
+                    if split is None:
+                        return events
+                    head, rest = split
+                    text = self._upgrade_text(head)
+                except DecodeError:
+                    text = None
+                if text is None:
+                    d.state = "ignore"  # plain HTTP (a probe, a 426), or garbage
+                    break
+                flow.derp = True
+                kind = "upgrade-request" if head.startswith(b"GET ") else "upgrade-response"
+                events.append(DERPEvent(src, dst, kind, head, text=text))
+                d.state = "frames"
+                buf[:] = rest
+            elif len(buf) < 5 and (b"GET ".startswith(buf) or b"HTTP/".startswith(buf)):
+                return events  # maybe the start of an HTTP head: wait for more bytes
+            elif len(buf) >= derp_codec.FRAME_HEADER_LEN + len(derp_codec.MAGIC) or flow.derp:
+                fast_start = buf[0] == derp_codec.FrameType.SERVER_KEY and buf[5:13] == derp_codec.MAGIC
+                d.state = "frames" if fast_start or flow.derp else "ignore"
+                flow.derp = flow.derp or fast_start
+            else:
+                return events
+        while d.state == "frames" and len(buf) >= derp_codec.FRAME_HEADER_LEN:
+            frame_type, length = buf[0], struct.unpack_from("!I", buf, 1)[0]
+            if length > derp_codec.WRITE_MAX_FRAME:
+                err = BadLengthError(f"DERP frame announces {length} bytes (limit {derp_codec.WRITE_MAX_FRAME})")
+                events.append(DERPEvent(src, dst, "error", bytes(buf[: derp_codec.FRAME_HEADER_LEN]), error=err))
+                d.state = "ignore"
+                break
+            end = derp_codec.FRAME_HEADER_LEN + length
+            if len(buf) < end:
+                break
+            raw = bytes(buf[:end])
+            del buf[:end]
+            try:
+                events.append(DERPEvent(src, dst, "frame", raw, frame=derp_codec.decode_frame(frame_type, raw[5:])))
+            except DecodeError as exc:
+                events.append(DERPEvent(src, dst, "error", raw, error=exc))
+        if d.state == "ignore":
+            buf.clear()
+        return events
+
+    @staticmethod
+    def _upgrade_text(head: bytes) -> str | None:
+        """A one-line lesson for a DERP upgrade head, or None when it is not one (§2.1)."""
+        if head.startswith(b"GET "):
+            req = derp_codec.parse_upgrade_request(head)
+            if not req.is_derp_upgrade:
+                return None
+            fast = " (fast start: no 101 expected)" if req.fast_start else ""
+            return f"DERP upgrade request {req.method} {req.path} Upgrade: DERP{fast}"
+        resp = derp_codec.parse_upgrade_response(head)
+        if not resp.is_upgrade:
+            return None
+        key = f" server {resp.server_key.short()}" if resp.server_key is not None else ""
+        return f"DERP upgrade response {resp.status} {resp.reason}, version {resp.version}{key}"
+
+
+def _endpoint(ip: bytes, port: int) -> Endpoint:
+    return Endpoint(ipaddress.ip_address(ip), port)
+
+
+__all__ = ["DERP", "Analyzer", "DERPEvent", "DERPReassembler", "Event", "Stats", "natkit_kind"]
