@@ -1,0 +1,58 @@
+"""`natkit demo`: the packet walk-through runs, writes a pcap, and every packet in it dissects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from toolkit.packets import pcapio
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit", "demo", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_demo_walks_through_every_frame_kind(tmp_path: Path) -> None:
+    res = _demo("--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for expected in (
+        'STUN Binding Request  software="tailnode" fingerprint ok  (40 bytes',
+        "STUN Binding Success  xor-mapped 203.0.113.7:40001",
+        "on the wire: 124 bytes",
+        "B opens it with its private key",
+        "A's own key cannot open what A sealed to B: OpenError",
+        "WireGuard Initiation sender=0x1a2b3c4d  (148 bytes)",
+        "WireGuard Response sender=0x5e6f7081 rx=0x1a2b3c4d  (92 bytes)",
+        "WireGuard CookieReply rx=0x1a2b3c4d  (64 bytes)",
+        "keepalive  (32 bytes)",
+        '{"version":2,"CanAckPings":true}',
+        "->  stun",
+        "->  disco",
+        "->  wireguard",
+        "disco: 3 opened, 0 left sealed",
+        "malformed: 0",
+        "###[ disco Ping ]###",
+    ):
+        assert expected in out, f"missing {expected!r} in demo output"
+    pcap = tmp_path / "natkit-demo.pcap"
+    assert len(list(pcapio.read_records(pcap))) == 13
+    assert (tmp_path / "natkit-demo.pcap.keys.json").exists()
+
+
+def test_demo_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _demo("--out", str(a), "--no-dissect").returncode == 0
+    assert _demo("--out", str(b), "--no-dissect").returncode == 0
+    assert (a / "natkit-demo.pcap").read_bytes() == (b / "natkit-demo.pcap").read_bytes()
+
+
+def test_demo_out_must_be_a_directory(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = _demo("--out", str(f))
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("natkit: error: --out") and res.stderr.count("\n") == 1
