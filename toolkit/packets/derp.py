@@ -35,7 +35,7 @@ from scapy.packet import Packet
 from toolkit.codec import derp as codec
 from toolkit.errors import DecodeError
 from toolkit.packets.disco import IP16Field
-from toolkit.packets.dissect import DERPEvent, DERPReassembler
+from toolkit.packets.reassembly import DERPEvent, DERPReassembler
 
 FRAME_NAMES = {int(t): "".join(w.capitalize() for w in t.name.split("_")) for t in codec.FrameType}
 _KEY = codec.KEY_LEN

@@ -165,10 +165,10 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool =
         for ev in events:
             say("   " + ev.line(t0))
         say("   " + analyzer.stats.format().replace("\n", "\n   "))
-        opened = next((ev for ev in events if "Ping" in ev.line()), None)
-        if opened is not None:
+        first_ping = next((ev for ev in events if "Ping" in ev.line()), None)
+        if first_ping is not None:
             say("\n   The first disco Ping, dissected by scapy with natkit's layers and opened with B's key:")
-            for line in opened.dissection().splitlines():
+            for line in first_ping.dissection().splitlines():
                 say("   " + line)
     say("\nTry: natkit decode " + str(pcap) + " --keys " + str(keyfile) + " -v")
     return pcap
