@@ -125,8 +125,13 @@ def test_rfc5769_vector(vec: dict[str, Any]) -> None:
     assert stun.verify_integrity(data, b"wrong password") is False
     if "mapped" in vec:
         assert msg.mapped_endpoint == Endpoint.parse(vec["mapped"])
-    # RFC 5769 pads with spaces; the decoded values re-encode (zero padding) to the same message
+    # RFC 5769 pads with spaces: the decoded message keeps them and re-encodes to the same bytes
+    assert msg.encode() == data
     assert stun.decode(msg.encode()) == msg
+    # a message built from the same fields pads with zeros (what every sender should write)
+    fresh = stun.Message(msg.msg_class, msg.method, msg.txid, msg.attributes)
+    zero_padded = fresh.encode()
+    assert stun.decode(zero_padded) == msg and len(zero_padded) == len(data)
     types = [a.attr_type for a in msg.attributes]
     assert types[-2:] == [AttrType.MESSAGE_INTEGRITY, AttrType.FINGERPRINT]
 

@@ -108,13 +108,18 @@ def decode_type(t: int) -> tuple[Class, int]:
 @dataclass(frozen=True, slots=True)
 class Message:
     """A STUN message. ``wire`` holds the bytes a decoded message came from (not compared); :meth:`summary`
-    checks FINGERPRINT against them, or against :meth:`encode` when they no longer match the fields."""
+    checks FINGERPRINT against them, or against :meth:`encode` when they no longer match the fields.
+
+    ``paddings`` (not compared) keeps the padding bytes each attribute had on the wire when any of
+    them was not zero: receivers ignore them (RFC 8489 §14) but RFC 5769's samples pad with spaces,
+    and a decoded message must re-encode to its own bytes, MESSAGE-INTEGRITY included."""
 
     msg_class: Class
     method: int
     txid: TxID
     attributes: tuple[StunAttribute, ...] = ()
     wire: bytes | None = field(default=None, compare=False, repr=False)
+    paddings: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "msg_class", Class(self.msg_class))
@@ -139,7 +144,10 @@ class Message:
         computed MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, in that order
         (RFC 8489 §14.5, §14.6, §14.7), each over everything before it."""
         t = self.msg_type
-        body = b"".join(encode_attribute(a, self.txid) for a in self.attributes)
+        pads = self.paddings
+        body = b"".join(
+            encode_attribute(a, self.txid, pads[i] if i < len(pads) else None) for i, a in enumerate(self.attributes)
+        )
         if integrity_key is not None:
             mac = _hmac_sha1(_header(t, len(body), self.txid) + body, integrity_key)
             body += encode_attribute(MessageIntegrity(mac), self.txid)
@@ -207,7 +215,10 @@ def decode(data: bytes) -> Message:
     msg_type, txid, raw = _parse(data)
     cls, method = decode_type(msg_type)
     attrs = tuple(decode_attribute(t, value, txid) for t, _, value in raw)
-    return Message(cls, method, txid, attrs, wire=bytes(data[: HEADER_LEN + int.from_bytes(data[2:4], "big")]))
+    wire = bytes(data[: HEADER_LEN + int.from_bytes(data[2:4], "big")])
+    pads = tuple(wire[pos + 4 + len(v) : pos + 4 + len(v) + (-len(v) % 4)] for _, pos, v in raw)
+    paddings = pads if any(any(p) for p in pads) else ()
+    return Message(cls, method, txid, attrs, wire=wire, paddings=paddings)
 
 
 # --- builders --------------------------------------------------------------------------------------

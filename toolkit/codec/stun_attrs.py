@@ -11,8 +11,9 @@ registry and re-exports everything; import from there.
 Every attribute class has a class attribute ``TYPE``; :class:`UnknownAttribute` keeps any other
 attribute as (``type``, raw ``value``) so nothing is lost. Decoding is strict about lengths and
 address families (a malformed known attribute raises a :class:`DecodeError` subclass) and lenient
-where the RFCs say "ignore": reserved bits and padding bytes are not kept, so a message re-encodes
-byte-identically when its padding and reserved bits are zero, which every sane sender writes.
+where the RFCs say "ignore": reserved bits are not kept, so a message re-encodes byte-identically
+when its reserved bits are zero, which every sane sender writes. Padding bytes are kept by the
+decoded ``Message`` (``paddings``), so RFC 5769's space-padded samples re-encode exactly too.
 """
 
 from __future__ import annotations
@@ -305,12 +306,15 @@ class UnknownAttribute(StunAttribute):
         return f"{attr_name(self.type).lower()}({len(self.value)}B)"
 
 
-def encode_attribute(attr: StunAttribute, txid: TxID) -> bytes:
-    """One TLV: type, length, value, zero padding to 4 bytes (RFC 8489 §14)."""
+def encode_attribute(attr: StunAttribute, txid: TxID, padding: bytes | None = None) -> bytes:
+    """One TLV: type, length, value, padding to 4 bytes (RFC 8489 §14): zeros, or ``padding`` when it
+    has the right length (a decoded message's own padding bytes, see ``Message.paddings``)."""
     value = attr.value_bytes(txid)
     if len(value) > 0xFFFF:
         raise BadLengthError(f"{attr_name(attr.attr_type)} value of {len(value)} bytes does not fit a STUN attribute")
-    return struct.pack("!HH", attr.attr_type, len(value)) + value + bytes(-len(value) % 4)
+    need = -len(value) % 4
+    pad = padding if padding is not None and len(padding) == need else bytes(need)
+    return struct.pack("!HH", attr.attr_type, len(value)) + value + pad
 
 
 # fmt: off
