@@ -10,6 +10,7 @@ public names.
 
 from __future__ import annotations
 
+import abc
 import struct
 from enum import IntEnum, IntFlag
 from typing import ClassVar
@@ -103,7 +104,7 @@ def _check_bytes(name: str, value: bytes, lo: int, hi: int) -> None:
         raise BadValueError(f"{name} has {len(value)} bytes, allowed {lo}..{hi}")
 
 
-class _Frame:
+class _Frame(abc.ABC):
     """Shared behaviour of the frame dataclasses: ``encode()`` = header ‖ ``encode_payload()``."""
 
     __slots__ = ()
@@ -114,8 +115,9 @@ class _Frame:
         """The type byte; ``TYPE`` for the known frames, the kept byte for :class:`UnknownFrame`."""
         return self.TYPE
 
+    @abc.abstractmethod
     def encode_payload(self) -> bytes:
-        raise NotImplementedError
+        """The frame's payload, without the 5-byte header."""
 
     def encode(self) -> bytes:
         """The whole frame, header included. Raises BadLengthError above WRITE_MAX_FRAME (§2.2)."""
@@ -124,8 +126,9 @@ class _Frame:
             raise BadLengthError(f"frame of {len(body)} bytes is larger than the write limit {WRITE_MAX_FRAME}")
         return frame_header(self.frame_type, len(body)) + body
 
+    @abc.abstractmethod
     def summary(self) -> str:
-        raise NotImplementedError
+        """One line for lessons, e.g. ``DERP SendPacket to nodekey:ab12.. 124B``."""
 
 
 # fmt: off

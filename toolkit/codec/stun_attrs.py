@@ -18,13 +18,14 @@ decoded ``Message`` (``paddings``), so RFC 5769's space-padded samples re-encode
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, TypeVar
 
-from toolkit.errors import BadLengthError, BadValueError
+from toolkit.errors import BadLengthError, BadValueError, UnknownTypeError
 from toolkit.types import Endpoint, TxID
 
 MAGIC_COOKIE = 0x2112A442
@@ -95,7 +96,7 @@ def attr_name(t: int) -> str:
         return f"0x{t:04x}"
 
 
-class StunAttribute:
+class StunAttribute(abc.ABC):
     """Base of every attribute dataclass: how its value is written and read.
 
     ``TYPE`` is the attribute type; subclasses implement :meth:`value_bytes` (the value without
@@ -109,12 +110,17 @@ class StunAttribute:
     def attr_type(self) -> int:
         return self.TYPE
 
+    @abc.abstractmethod
     def value_bytes(self, txid: TxID) -> bytes:
-        raise NotImplementedError
+        """The value as written on the wire (no TLV header, no padding)."""
 
     @classmethod
     def from_value(cls, value: bytes, txid: TxID) -> StunAttribute:
-        raise NotImplementedError
+        """Decode a value (no TLV header, no padding); raises DecodeError subclasses only.
+
+        Every registered attribute overrides this; :class:`UnknownAttribute` is built by the
+        message decoder directly, since its type is not known from the value alone."""
+        raise UnknownTypeError(f"{cls.__name__} cannot be decoded from a value alone")
 
     def describe(self) -> str:
         """A short phrase for :meth:`Message.summary`."""
