@@ -115,6 +115,16 @@ def dissect_event(event: Event) -> Packet:
         wrapper = pkt.getlayer(Disco)
         if wrapper is not None:
             wrapper.attach_plaintext(event.opened.plaintext)
+    if event.inner:  # decrypted WireGuard transport data: the inner IP packet under its message
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6
+
+        from toolkit.packets.wireguard import WireGuardTransport
+
+        transport = pkt.getlayer(WireGuardTransport)
+        if transport is not None:
+            transport.remove_payload()
+            transport.add_payload((IPv6 if event.inner[0] >> 4 == 6 else IP)(event.inner))
     return pkt
 
 

@@ -64,6 +64,7 @@ class Event:
     record: pcapio.Record | None = None
     error: DecodeError | None = None
     opened: OpenedDisco | None = None
+    inner: bytes | None = None  # a WireGuard transport message's decrypted IP packet
 
     @property
     def malformed(self) -> bool:
@@ -96,6 +97,8 @@ class Stats:
     derp_frames: Counter[str] = field(default_factory=Counter)
     disco_opened: int = 0
     disco_sealed: int = 0
+    wg_decrypted: int = 0
+    wg_sealed: int = 0
     internal_errors: int = 0
 
     @property
@@ -110,6 +113,7 @@ class Stats:
             f"{self.packets} packets: {self.udp} UDP, {self.tcp} TCP, {self.other} other",
             f"kinds: {counts(self.kinds)}",
             f"disco: {self.disco_opened} opened, {self.disco_sealed} left sealed",
+            f"WireGuard transport: {self.wg_decrypted} decrypted, {self.wg_sealed} left sealed",
             f"malformed: {self.malformed_total}" + (f" ({counts(self.malformed)})" if self.malformed else ""),
         ]
         if self.derp_frames:
@@ -125,6 +129,7 @@ class _Described:
     summary: str
     error: DecodeError | None = None
     opened: OpenedDisco | None = None
+    inner: bytes | None = None
 
 
 class Analyzer:
@@ -152,7 +157,7 @@ class Analyzer:
                 if self.keyring.names:
                     d.summary = self.keyring.rename(d.summary)
                 return [Event(index, t.ts, str(src), str(dst), "udp", d.kind.value, d.summary, t.payload, record,
-                              d.error, d.opened)]  # fmt: skip
+                              d.error, d.opened, d.inner)]  # fmt: skip
             self.stats.tcp += 1
             return self._tcp(index, record, t, src, dst)
         except Exception as exc:  # the capture must go on (design: count, show, continue)
@@ -168,19 +173,19 @@ class Analyzer:
     def _tcp(self, index: int, record: pcapio.Record, t: pcapio.Transport, src: Endpoint, dst: Endpoint) -> list[Event]:
         events = []
         for ev in self.derp.add_segment(src, dst, t.tcp_seq, t.tcp_flags, t.payload):
-            summary, error, opened = ev.summary(), ev.error, None
+            summary, error, opened, inner = ev.summary(), ev.error, None, None
             if ev.frame is not None:
                 self.stats.derp_frames[type(ev.frame).__name__] += 1
                 inner = getattr(ev.frame, "packet", None)
                 if isinstance(inner, bytes) and inner:
                     d = self.describe(inner)
                     summary = f"{summary}: {d.summary}"
-                    error, opened = d.error, d.opened
+                    error, opened, inner = d.error, d.opened, d.inner
             self._count(DERP, error)
             if self.keyring.names:
                 summary = self.keyring.rename(summary)
             events.append(Event(index, t.ts, str(ev.src), str(ev.dst), "tcp", DERP, summary, ev.raw, record, error,
-                                opened))  # fmt: skip
+                                opened, inner))  # fmt: skip
         return events
 
     def describe(self, payload: bytes) -> _Described:
@@ -201,7 +206,20 @@ class Analyzer:
             return _Described(kind, msg.summary())
         if kind in (Kind.DISCO, Kind.GENEVE_DISCO):
             return self._disco(kind, geneve, payload[8:] if decoded.geneve is not None else payload, msg)
+        if isinstance(msg, wireguard.Transport):
+            return self._wireguard(kind, geneve, msg)
         return _Described(kind, geneve + msg.summary())  # type: ignore[attr-defined]
+
+    def _wireguard(self, kind: Kind, geneve: str, msg: wireguard.Transport) -> _Described:
+        if not self.keyring.has_wireguard_keys:
+            return _Described(kind, geneve + msg.summary())
+        opened = self.keyring.open_wireguard(msg)
+        if opened is None:
+            self.stats.wg_sealed += 1
+            return _Described(kind, f"{geneve}{msg.summary()} (no session key opens it)")
+        self.stats.wg_decrypted += 1
+        label = f" [{opened.session.label}]" if opened.session.label else ""
+        return _Described(kind, f"{geneve}{msg.summary()}{label}: {opened.summary()}", inner=opened.inner)
 
     def _disco(self, kind: Kind, geneve: str, data: bytes, wrapper: object) -> _Described:
         opened = self.keyring.open_disco(data) if self.keyring.has_disco_keys else None

@@ -1,5 +1,5 @@
 """The keys a capture is read with: disco private keys of the lab's nodes, peers' disco public keys,
-names for keys, and (later) WireGuard session keys. Stdlib and ``toolkit.crypto`` only, no scapy.
+names for keys, and WireGuard session keys. Stdlib and ``toolkit.crypto`` only, no scapy.
 
 A disco box (protocols.md §1.1) names its sender in clear but not its receiver. It opens with the
 receiver's private key and the sender's public key, or with the sender's private key and the
@@ -22,9 +22,10 @@ Keys file (JSON, UTF-8), format version 1::
 * ``disco_public``: peers whose private key is unknown (``discokey:<hex>``, hex or base64).
 * ``names`` (optional): labels shown in summaries instead of ``discokey:ab12cd34..``; the key of each
   entry is a ``discokey:`` or ``nodekey:`` public key.
-* ``wireguard`` (optional, reserved): WireGuard transport session keys. The WireGuard issue defines
-  its entries (receiver index, key, direction); until then it must be a list, and its entries are
-  kept as they are and written back by :meth:`Keyring.save`.
+* ``wireguard`` (optional): WireGuard transport session keys, each
+  ``{"receiver_index": "0x1a2b3c4d", "key": "<base64>", "label": "a -> b"}``: the key decrypts the
+  transport messages sent to that receiver index (:mod:`toolkit.packets.wgopen`). A device writes
+  both directions of every session it makes (``natkit wg up --keys-out FILE``).
 
 Any other top-level key is an error, so a typo does not silently open nothing. Every problem is a
 :class:`~toolkit.errors.UsageError` naming the file, the entry and what is wrong.
@@ -38,10 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.codec import disco as disco_codec
+from toolkit.codec import wireguard as wireguard_codec
 from toolkit.crypto import box
 from toolkit.crypto.disco import DiscoKeyring
 from toolkit.crypto.keys import public_key
+from toolkit.crypto.noise import SessionKeys
 from toolkit.errors import CryptoError, DecodeError, OpenError, UsageError
+from toolkit.packets.wgopen import OpenedTransport, WireGuardSession, open_transport, sessions_of
 from toolkit.types import DiscoPrivateKey, DiscoPublicKey, Key32, NodePublicKey
 
 FORMAT_VERSION = 1
@@ -65,16 +69,20 @@ class OpenedDisco:
 
 @dataclass
 class Keyring:
-    """Disco keys (private and public), key names, and a reserved list for WireGuard session keys."""
+    """Disco keys (private and public), key names, and WireGuard session keys."""
 
     disco_private: list[DiscoPrivateKey] = field(default_factory=list)
     disco_public: list[DiscoPublicKey] = field(default_factory=list)
     names: dict[Key32, str] = field(default_factory=dict)
-    wireguard: list[Any] = field(default_factory=list)  # reserved: WireGuard session keys (WireGuard issue)
+    wireguard: list[WireGuardSession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pubs: dict[DiscoPublicKey, DiscoPrivateKey] = {}
         self._last: dict[DiscoPublicKey, tuple[DiscoPrivateKey, DiscoPublicKey, DiscoPublicKey]] = {}
+        self._wg: dict[int, list[WireGuardSession]] = {}
+        sessions, self.wireguard = self.wireguard, []
+        for s in sessions:
+            self.add_wireguard_session(s)
         privs, self.disco_private = self.disco_private, []
         for priv in privs:
             self.add_disco_private(priv)
@@ -152,6 +160,26 @@ class Keyring:
                 return OpenedDisco(wrapper.sender, receiver, plaintext, None, exc)
         return None
 
+    # --- WireGuard ------------------------------------------------------------------------------
+
+    def add_wireguard_session(self, session: WireGuardSession) -> None:
+        if session not in self._wg.get(session.receiver_index, []):
+            self._wg.setdefault(session.receiver_index, []).append(session)
+            self.wireguard.append(session)
+
+    def add_session_keys(self, keys: SessionKeys, label: str = "") -> None:
+        """Both directions of a WireGuard session a device derived (toolkit.crypto.noise)."""
+        for s in sessions_of(keys, label):
+            self.add_wireguard_session(s)
+
+    @property
+    def has_wireguard_keys(self) -> bool:
+        return bool(self._wg)
+
+    def open_wireguard(self, msg: wireguard_codec.Transport) -> OpenedTransport | None:
+        sessions = self._wg.get(msg.receiver_index)
+        return open_transport(msg, sessions) if sessions else None
+
     # --- the file --------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -162,7 +190,7 @@ class Keyring:
         }
         if self.names:
             data["names"] = {k.text(): v for k, v in self.names.items()}
-        data["wireguard"] = list(self.wireguard)
+        data["wireguard"] = [s.to_json() for s in self.wireguard]
         return data
 
     def save(self, path: str | Path) -> None:
@@ -213,13 +241,14 @@ class Keyring:
                 raise UsageError(f"{where}: the name must be a non-empty string")
             kind = NodePublicKey if key_text.startswith(NodePublicKey.prefix) else DiscoPublicKey
             ring.names[_key(kind, key_text, where)] = label
-        ring.wireguard = _list(data, "wireguard", source)
+        for i, entry in enumerate(_list(data, "wireguard", source)):
+            ring.add_wireguard_session(WireGuardSession.from_json(entry, f"{source}: wireguard[{i}]"))
         return ring
 
     def __repr__(self) -> str:
         return (
             f"Keyring({len(self.disco_private)} disco private, {len(self.disco_public)} disco public, "
-            f"{len(self.names)} names)"
+            f"{len(self.names)} names, {len(self.wireguard)} WireGuard session keys)"
         )
 
 
