@@ -1,0 +1,347 @@
+"""The asyncio driver of a WireGuard device: one UDP socket, one TUN fd, one timer, the sans-IO core.
+
+design.md §2: drivers are thin. :class:`WireGuardDriver` reads IP packets from the TUN and hands
+them to :meth:`WireGuardDevice.send_packet`, reads UDP datagrams and hands them to
+:meth:`~WireGuardDevice.receive_datagram`, and after every input drains what the core produced:
+``datagrams_to_send()`` go out with ``sendto``, ``packets_received()`` are written to the TUN,
+events are looked at only to export keys, and exactly one timer is re-armed from ``get_timer()``.
+Every protocol decision (handshakes, rekeying, keepalives, allowed-IPs routing, replay) is the
+core's (protocols.md §8).
+
+The UDP socket is dual-stack (an IPv6 socket with ``IPV6_V6ONLY`` off, bound to ``[::]:ListenPort``;
+IPv4 peers appear as v4-mapped addresses, which :class:`Endpoint` unmaps); if the namespace has no
+IPv6 it falls back to IPv4 only. The UAPI socket (:mod:`toolkit.node.uapi`) lets ``wg`` and
+``natkit wg show`` read and change the device while it runs.
+
+Key export, for the sniffer and for Wireshark (both optional):
+
+* ``keys_out``: a keys file in the format of :mod:`toolkit.packets.keyring` (version 1) whose
+  ``wireguard`` list holds both directions of every session this device made since it started,
+  ``{"receiver_index": "0x1a2b3c4d", "key": "<base64>", "label": "NAME nodekey:ab12.. in"}``
+  (``in``: packets to this device, which carry its local index and open with its receive key;
+  ``out``: packets from it, protocols.md §8.1, §8.3). The file is rewritten atomically (write, then
+  rename) whenever a handshake derives new keys, so ``natkit sniff --keys`` can read it any time.
+* ``wireshark_keylog``: appended, one block per new session, in the format Wireshark's
+  ``wg.keylog_file`` preference reads (:mod:`toolkit.crypto.keylog`): ``LOCAL_STATIC_PRIVATE_KEY =
+  <base64>``, ``REMOTE_STATIC_PUBLIC_KEY``, ``LOCAL_EPHEMERAL_PRIVATE_KEY`` and, when one is set,
+  ``PRESHARED_KEY`` lines (as wireguard-tools' ``contrib/extract-handshakes`` prints them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from toolkit.crypto.keylog import HandshakeSecrets, append_keylog
+from toolkit.errors import UsageError
+from toolkit.node.tun import TunDevice, run_in_netns
+from toolkit.node.uapi import SOCKET_DIR, CoreBackend, UapiError, UapiServer, interface_answers
+from toolkit.node.wgconfig import WgConfig
+from toolkit.sansio.wgevents import SessionKeyRecord
+from toolkit.sansio.wireguard import WireGuardDevice
+from toolkit.timing import Timing
+from toolkit.types import Endpoint, NodePrivateKey, NodePublicKey
+
+DEFAULT_MTU = 1420  # wg-quick's default: 1500 minus the 80 bytes of IPv6 + UDP + WireGuard overhead
+_BURST = 64  # packets handled per wakeup before the loop gets a turn
+
+
+class WireGuardDriver:
+    """Runs one WireGuard interface ``name`` from ``config`` (optionally in network namespace ``netns``)."""
+
+    def __init__(
+        self,
+        config: WgConfig,
+        name: str,
+        *,
+        netns: str | None = None,
+        keys_out: Path | None = None,
+        wireshark_keylog: Path | None = None,
+        uapi_dir: Path = SOCKET_DIR,
+        timing: Timing | None = None,
+        tracer: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.netns = netns
+        self.keys_out = keys_out
+        self.wireshark_keylog = wireshark_keylog
+        self.uapi_dir = uapi_dir
+        self.counters: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.mtu = config.mtu or DEFAULT_MTU
+        self.core = WireGuardDevice(
+            config.private_key,
+            rng=os.urandom,
+            epoch=time.time() - time.monotonic(),  # now = time.monotonic(); wall = epoch + now
+            timing=timing or Timing(),
+            tracer=tracer,
+            mtu=self.mtu,
+            name=name,
+        )
+        for peer in config.peers:
+            self.core.add_peer(
+                peer.public_key,
+                preshared_key=peer.preshared_key,
+                allowed_ips=[str(n) for n in peer.allowed_ips],
+                endpoint=peer.endpoint,
+                persistent_keepalive=peer.persistent_keepalive,
+            )
+        self.tun: TunDevice | None = None
+        self.sock: socket.socket | None = None
+        self.uapi = UapiServer(
+            name,
+            CoreBackend(self.core, listen_port=self.listen_port, rebind=self.rebind, on_change=self._flush),
+            directory=uapi_dir,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._exported: set[int] = set()  # local indices of the sessions already exported
+        self._sessions: list[dict[str, str]] = []  # the keys file's "wireguard" list, every session so far
+        self._stopped = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open and configure the TUN, bind the socket, serve the UAPI. Undoes itself on failure."""
+        self._loop = asyncio.get_running_loop()
+        if interface_answers(self.name, self.uapi_dir):
+            raise UsageError(f"a WireGuard interface {self.name!r} is already running: `natkit wg down {self.name}`")
+        try:
+            self.tun = TunDevice.open(self.name, netns=self.netns)
+            routes = [n for peer in self.config.peers for n in peer.allowed_ips]
+            skipped = self.tun.configure(addresses=self.config.addresses, mtu=self.mtu, routes=routes)
+            self.warnings += [
+                f"{self.name}: no route added for AllowedIPs {n}: default routes need wg-quick's policy "
+                "routing, which natkit does not do; add routes yourself"
+                for n in skipped
+            ]
+            try:
+                self._bind(self.config.listen_port or 0)
+            except UapiError:
+                raise UsageError(
+                    f"{self.name}: ListenPort {self.config.listen_port} is already in use: pick another port "
+                    "or stop the program that holds it"
+                ) from None
+            await self.uapi.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._loop.add_reader(self.tun.fd, self._on_tun)
+        self._flush()  # persistent keepalives and queued handshakes may be due at once
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop everything: timer, readers, UAPI socket (file removed), UDP socket, TUN (interface removed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = self._loop
+        if self.tun is not None:
+            if loop is not None and not self.tun.closed:
+                loop.remove_reader(self.tun.fd)
+            self.tun.close()
+        if self.sock is not None:
+            if loop is not None:
+                loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        await self.uapi.close()
+        self._stopped.set()
+
+    # --- the UDP socket ---------------------------------------------------------------------------
+
+    def listen_port(self) -> int | None:
+        return int(self.sock.getsockname()[1]) if self.sock is not None else None
+
+    def _bind(self, port: int) -> None:
+        def make() -> socket.socket:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                address: tuple[str, int] = ("::", port)
+            except OSError:  # no IPv6 in this namespace
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                address = ("0.0.0.0", port)
+            try:
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            return sock
+
+        try:
+            sock = run_in_netns(self.netns, make)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UapiError(errno.EADDRINUSE, f"UDP port {port} is in use") from None
+            raise
+        old, self.sock = self.sock, sock
+        if self._loop is not None:
+            if old is not None:
+                self._loop.remove_reader(old.fileno())
+            self._loop.add_reader(sock.fileno(), self._on_udp)
+        if old is not None:
+            old.close()
+
+    def rebind(self, port: int) -> None:
+        """Move to UDP ``port`` (``wg set NAME listen-port``); the old socket stays if that fails."""
+        self._bind(port)
+
+    def _sendto(self, data: bytes, endpoint: Endpoint) -> None:
+        assert self.sock is not None
+        address = endpoint.as_tuple()
+        if self.sock.family == socket.AF_INET6 and endpoint.ip.version == 4:
+            address = (f"::ffff:{endpoint.ip}", endpoint.port)
+        elif self.sock.family == socket.AF_INET and endpoint.ip.version == 6:
+            self.counters["send-no-ipv6"] += 1
+            return
+        try:
+            self.sock.sendto(data, address)
+            self.counters["udp-sent"] += 1
+        except OSError as exc:  # unreachable, full buffer...: a lost datagram, the core retries
+            self.counters[f"send-error-{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def _on_udp(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(_BURST):
+            try:
+                data, address = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ICMP errors surface here (ECONNREFUSED...): nothing to read
+                self.counters["udp-recv-error"] += 1
+                break
+            try:
+                src = Endpoint(address[0].split("%")[0], address[1])
+            except ValueError:
+                continue
+            self.core.receive_datagram(data, src, time.monotonic())
+        self._flush()
+
+    def _on_tun(self) -> None:
+        tun = self.tun
+        if tun is None or tun.closed:
+            return
+        for _ in range(_BURST):
+            packet = tun.read()
+            if packet is None:
+                break
+            self.core.send_packet(packet, time.monotonic())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(time.monotonic())
+        self._flush()
+
+    # --- outputs ----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Drain the core after an input: datagrams, packets, events; re-arm the one timer."""
+        for data, endpoint in self.core.datagrams_to_send():
+            self._sendto(data, endpoint)
+        tun = self.tun
+        for packet in self.core.packets_received():
+            if tun is not None and not tun.closed:
+                tun.write(packet)
+        new_keys = False
+        while (event := self.core.next_event()) is not None:
+            self.counters[f"event-{type(event).__name__}"] += 1
+            new_keys = True
+        if new_keys and (self.keys_out is not None or self.wireshark_keylog is not None):
+            self._export_keys()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        due = self.core.get_timer()
+        if self._timer is not None:
+            if due is not None and self._timer.when() == due:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due is not None and self._loop is not None:
+            # loop.time() is time.monotonic(), the clock the core is fed with
+            self._timer = self._loop.call_at(due, self._on_timer)
+
+    # --- key export -------------------------------------------------------------------------------
+
+    def _export_keys(self) -> None:
+        records = [r for r in self.core.session_keys() if r.local_index not in self._exported]
+        if not records:
+            return
+        self._exported.update(r.local_index for r in records)
+        if self.keys_out is not None:
+            for r in records:
+                label = f"{self.name} {r.peer.short()}"
+                self._sessions.append(_session_entry(r.local_index, r.recv_key, f"{label} in"))
+                self._sessions.append(_session_entry(r.remote_index, r.send_key, f"{label} out"))
+            keyring = {
+                "version": 1,
+                "disco_private": [],
+                "disco_public": [],
+                "names": {self.core.public_key.text(): self.name},
+                "wireguard": self._sessions,
+            }
+            write_atomically(self.keys_out, json.dumps(keyring, indent=2) + "\n")
+        if self.wireshark_keylog is not None:
+            append_keylog(self.wireshark_keylog, [handshake_secrets(r) for r in records])
+
+
+def _session_entry(receiver_index: int, key: bytes, label: str) -> dict[str, str]:
+    """One ``wireguard`` entry of the keys file (toolkit.packets.keyring, toolkit.packets.wgopen)."""
+    return {"receiver_index": f"0x{receiver_index:08x}", "key": base64.b64encode(key).decode("ascii"), "label": label}
+
+
+def handshake_secrets(record: SessionKeyRecord) -> HandshakeSecrets:
+    """The Wireshark key-log entry of one session (toolkit.crypto.keylog formats it)."""
+    return HandshakeSecrets(
+        local_static_private=NodePrivateKey(record.local_static_private),
+        remote_static_public=NodePublicKey(record.remote_static_public),
+        local_ephemeral_private=record.local_ephemeral_private,
+        preshared_key=record.preshared_key,
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a reader sees the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # keys: owner only
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+__all__ = ["DEFAULT_MTU", "WireGuardDriver", "handshake_secrets", "write_atomically"]
