@@ -34,12 +34,16 @@ def test_demo_walks_through_every_frame_kind(tmp_path: Path) -> None:
         "->  disco",
         "->  wireguard",
         "disco: 3 opened, 0 left sealed",
+        "A sends with what B receives with: True",
+        "[A<->B out]: 100.64.0.1 -> 100.64.0.2 ICMP echo-request",
+        "[A<->B in]: 100.64.0.2 -> 100.64.0.1 ICMP echo-reply",
+        "WireGuard transport: 3 decrypted, 0 left sealed",
         "malformed: 0",
         "###[ disco Ping ]###",
     ):
         assert expected in out, f"missing {expected!r} in demo output"
     pcap = tmp_path / "natkit-demo.pcap"
-    assert len(list(pcapio.read_records(pcap))) == 13
+    assert len(list(pcapio.read_records(pcap))) == 14
     assert (tmp_path / "natkit-demo.pcap.keys.json").exists()
 
 

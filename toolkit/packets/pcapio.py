@@ -252,6 +252,11 @@ class PcapWriter:
         self.close()
 
 
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    return _checksum(data)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"

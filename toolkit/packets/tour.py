@@ -1,7 +1,7 @@
 """The packet toolkit walk-through behind ``natkit demo`` (until the node exists).
 
 It crafts one of each frame natkit speaks (STUN, disco, WireGuard, DERP), seals and opens a
-disco message with two lab nodes' keys, classifies every datagram the way magicsock's
+disco message with two lab nodes' keys, runs a real WireGuard handshake and encrypts a ping, classifies every datagram the way magicsock's
 single-socket demux does (protocols.md §4.11), writes everything to a pcap with a keys file,
 and reads the pcap back through the sniffer's offline pipeline, printing the dissection.
 Deterministic: keys come from fixed seeds and nonces from a seeded generator, so the same
@@ -18,9 +18,10 @@ from pathlib import Path
 from toolkit.codec import demux, derp, disco, stun, wireguard
 from toolkit.crypto import derp as derp_crypto
 from toolkit.crypto import disco as disco_crypto
-from toolkit.crypto import keys
+from toolkit.crypto import keys, noise
 from toolkit.errors import OpenError
 from toolkit.packets import pcapio
+from toolkit.packets.wgopen import sessions_of
 from toolkit.types import Endpoint, TxID
 
 # The lab: node A behind a NAT (192.168.1.10 -> 203.0.113.7), node B behind another
@@ -35,6 +36,18 @@ def _hex(data: bytes, width: int = 24) -> str:
     return "\n".join("      " + r for r in rows)
 
 
+def _icmp_echo(src: str, dst: str, icmp_type: int) -> bytes:
+    """A minimal IPv4 ICMP echo (RFC 792) with correct checksums: the packet inside the tunnel."""
+    body = bytes([icmp_type, 0, 0, 0, 0, 7, 0, 1]) + b"natkit demo ping"
+    body = body[:2] + pcapio.checksum(body).to_bytes(2, "big") + body[4:]
+    hdr = bytearray(20)
+    hdr[0], hdr[8], hdr[9] = 0x45, 64, 1
+    hdr[2:4] = (20 + len(body)).to_bytes(2, "big")
+    hdr[12:16], hdr[16:20] = (bytes(int(x) for x in a.split(".")) for a in (src, dst))
+    hdr[10:12] = pcapio.checksum(bytes(hdr)).to_bytes(2, "big")
+    return bytes(hdr) + body
+
+
 def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool = True) -> Path:
     """Print the walk-through; write ``out_dir/natkit-demo.pcap`` (+ keys file); return the pcap path."""
     out = Path(out_dir)
@@ -43,7 +56,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool =
     a_disco, a_disco_pub = keys.disco_key_pair(b"demo disco A")
     b_disco, b_disco_pub = keys.disco_key_pair(b"demo disco B")
     a_node, a_node_pub = keys.node_key_pair(b"demo node A")
-    _, b_node_pub = keys.node_key_pair(b"demo node B")
+    b_node, b_node_pub = keys.node_key_pair(b"demo node B")
     derp_priv, derp_pub = keys.node_key_pair(b"demo derp server")
     frames: list[tuple[str, int, str, int, bytes]] = []  # src, sport, dst, dport, UDP payload
 
@@ -91,21 +104,31 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool =
     ]
 
     # 3. WireGuard -----------------------------------------------------------------------
-    say("3. WireGuard: the four message layouts (protocols.md §8.1; keys arrive with the WireGuard issue)")
-    wg_msgs: list[wireguard.Message] = [
-        wireguard.Initiation(
-            0x1A2B3C4D, rng.randbytes(32), rng.randbytes(48), rng.randbytes(28), rng.randbytes(16), bytes(16)
-        ),
-        wireguard.Response(0x5E6F7081, 0x1A2B3C4D, rng.randbytes(32), rng.randbytes(16), rng.randbytes(16), bytes(16)),
-        wireguard.CookieReply(0x1A2B3C4D, rng.randbytes(24), rng.randbytes(32)),
-        wireguard.Transport(0x5E6F7081, 0, rng.randbytes(64 + 16)),
-        wireguard.Transport(0x5E6F7081, 1, rng.randbytes(16)),
+    say("3. WireGuard: a real Noise_IKpsk2 handshake between A and B, then an encrypted ping (protocols.md §8)")
+    init, i_state = noise.create_initiation(
+        a_node, b_node_pub, ephemeral=rng.randbytes(32), now_wall=1_700_000_000.0, sender_index=0x1A2B3C4D
+    )
+    _, _, r_state = noise.consume_initiation(b_node, init)
+    resp, b_keys = noise.create_response(r_state, ephemeral=rng.randbytes(32), sender_index=0x5E6F7081, now=0.0)
+    a_keys = noise.consume_response(i_state, resp, now=0.0)
+    cookie = wireguard.CookieReply(0x1A2B3C4D, rng.randbytes(24), rng.randbytes(32)).encode()
+    ping_ip = _icmp_echo("100.64.0.1", "100.64.0.2", 8)
+    wg_packets = [
+        ("A -> B", init),
+        ("B -> A", resp),
+        ("B -> A, only when B is under load", cookie),
+        ("A -> B", noise.seal_transport(a_keys, 0, noise.pad(ping_ip, 1420))),
+        ("B -> A", noise.seal_transport(b_keys, 0, noise.pad(_icmp_echo("100.64.0.2", "100.64.0.1", 0), 1420))),
+        ("A -> B", noise.seal_transport(a_keys, 1, b"")),
     ]
-    for m in wg_msgs:
-        data = m.encode()
-        say(f"   {m.summary()}  ({len(data)} bytes)")
-        frames.append((A_WAN, A_WAN_PORT, B_WAN, B_WAN_PORT, data))
-    say("")
+    for who, data in wg_packets:
+        say(f"   {who:<34} {wireguard.decode(data).summary()}  ({len(data)} bytes)")
+        src_dst = (
+            (A_WAN, A_WAN_PORT, B_WAN, B_WAN_PORT) if who.startswith("A") else (B_WAN, B_WAN_PORT, A_WAN, A_WAN_PORT)
+        )
+        frames.append((*src_dst, data))
+    say(f"   both sides derived the same keys: A sends with what B receives with: {a_keys.send_key == b_keys.recv_key}")
+    say("   the ping inside is only visible with the session keys (written to the keys file below)\n")
 
     # 4. DERP ----------------------------------------------------------------------------
     say("4. DERP: the relay that carries packets from the first moment (protocols.md §2)")
@@ -149,12 +172,20 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool =
             w.write(frame, ts=1_700_000_001 + i * 0.01)
     keyfile = pcap.with_name(pcap.name + ".keys.json")
     keyfile.write_text(
-        json.dumps({"version": 1, "disco_private": [a_disco.text(), b_disco.text()], "disco_public": []}) + "\n"
+        json.dumps(
+            {
+                "version": 1,
+                "disco_private": [a_disco.text(), b_disco.text()],
+                "disco_public": [],
+                "wireguard": [w.to_json() for w in sessions_of(a_keys, "A<->B")],
+            }
+        )
+        + "\n"
     )
     say(f"6. Wrote {len(frames)} UDP datagrams and {len(derp_stream)} DERP TCP segments to {pcap}")
     say(f"   and the lab's keys to {keyfile}")
     if dissect:
-        say("   Reading it back through the sniffer's pipeline (disco opened with the keys):")
+        say("   Reading it back through the sniffer's pipeline (disco and WireGuard opened with the keys):")
         from toolkit.packets.dissect import Analyzer
         from toolkit.packets.keyring import load_keyring
         from toolkit.packets.sniffer import read_file
