@@ -55,7 +55,7 @@ def test_rekey_after_time_keeps_packets_in_flight() -> None:
     assert p.net.received(p.a) == [p.b_to_a(b"old b")]
     assert not p.a.counters and not p.b.counters
     p.net.send(p.b, p.b_to_a(b"new b"), deliver=False)
-    assert receiver_index(p.net.in_flight[0].data) == new_a.local_index
+    assert new_a is not None and receiver_index(p.net.in_flight[0].data) == new_a.local_index
     p.net.settle()
     assert p.net.received(p.a) == [p.b_to_a(b"new b")]
 

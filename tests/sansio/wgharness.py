@@ -194,3 +194,21 @@ def make_pair(
                endpoint=A_EP if b_knows_a_endpoint else None, persistent_keepalive=keepalive_b)  # fmt: skip
     net = WgNet({A_EP: a, B_EP: b})
     return Pair(net, a, b, a_pub, b_pub, a_log, b_log)
+
+
+def established(**kwargs: Any) -> Pair:
+    """A pair after A's first packet went through and B answered (both keypairs current)."""
+    p = make_pair(**kwargs)
+    p.net.send(p.a, p.a_to_b(b"hi"))
+    p.net.send(p.b, p.b_to_a(b"hi back"))
+    assert p.net.received(p.b) == [p.a_to_b(b"hi")]
+    assert p.net.received(p.a) == [p.b_to_a(b"hi back")]
+    events(p.a), events(p.b)
+    return p
+
+
+def held(p: Pair, device: WireGuardDevice, packet: bytes) -> bytes:
+    """Make ``device`` send ``packet`` and take the one transport datagram off the network."""
+    p.net.send(device, packet, deliver=False)
+    [dgram] = [d for d in p.net.drop_all() if d.type == 4]
+    return dgram.data

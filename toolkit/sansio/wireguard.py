@@ -29,7 +29,7 @@ Decisions where wireguard-go leaves room or does I/O:
 * A persistent keepalive turned on for a peer with a known endpoint is due at once (wireguard-go sends
   one immediately); configuration calls take no ``now``, so it is due at the last ``now`` seen.
 * Bad network input never raises: it is dropped, counted in ``counters`` under a reason from
-  :data:`DROP_REASONS`, and traced with that reason.
+  :data:`DROP_REASONS`, and traced with that reason. The only other counter is ``cookie-reply-sent``.
 """
 
 from __future__ import annotations
