@@ -25,6 +25,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dec.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     dec.set_defaults(func=run_decode)
 
+    tun = bsub.add_parser(
+        "tunnel",
+        help="TCP throughput (iperf3) through natkit<->natkit and wireguard-go<->wireguard-go WireGuard (root)",
+    )
+    tun.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 test (default 10)")
+    tun.add_argument("--repeat", type=int, default=3, help="tests per contender; the median is reported (default 3)")
+    tun.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    tun.set_defaults(func=run_tunnel)
+
 
 def run_make_pcap(args: argparse.Namespace) -> int:
     from toolkit.packets.benchmark import make_capture
@@ -42,5 +51,18 @@ def run_decode(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
     report = run_decode_bench(args.file, repeat=args.repeat, scapy_sample=args.scapy_sample, tshark=args.tshark)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def run_tunnel(args: argparse.Namespace) -> int:
+    import sys
+
+    from toolkit.node.benchtunnel import format_report, run_tunnel_bench
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run_tunnel_bench(seconds=args.seconds, repeat=args.repeat, progress=progress)
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -3,7 +3,7 @@
 design.md §2: drivers are thin. :class:`WireGuardDriver` reads IP packets from the TUN and hands
 them to :meth:`WireGuardDevice.send_packet`, reads UDP datagrams and hands them to
 :meth:`~WireGuardDevice.receive_datagram`, and after every input drains what the core produced:
-``datagrams_to_send()`` go out with ``sendto``, ``packets_received()`` are written to the TUN,
+``datagrams_to_send()`` go out over UDP (batched, see below), ``packets_received()`` go to the TUN,
 events are looked at only to export keys, and exactly one timer is re-armed from ``get_timer()``.
 Every protocol decision (handshakes, rekeying, keepalives, allowed-IPs routing, replay) is the
 core's (protocols.md §8).
@@ -12,6 +12,15 @@ The UDP socket is dual-stack (an IPv6 socket with ``IPV6_V6ONLY`` off, bound to 
 IPv4 peers appear as v4-mapped addresses, which :class:`Endpoint` unmaps); if the namespace has no
 IPv6 it falls back to IPv4 only. The UAPI socket (:mod:`toolkit.node.uapi`) lets ``wg`` and
 ``natkit wg show`` read and change the device while it runs.
+
+Per-packet cost (measured with ``natkit bench tunnel``): each readiness callback drains up to
+``_BURST`` packets before the core's output is flushed and the timer re-armed once. The datagrams the
+core produced in one go leave in batches with UDP GSO (udp(7): ``sendmsg`` with ``UDP_SEGMENT``, one
+syscall per run of equal-size datagrams to one endpoint, the last may be shorter), and the socket sets
+``UDP_GRO``, so such a batch arrives in one ``recvmsg`` and is cut back into datagrams here. The kernel
+segments for receivers without GRO (wireguard-go), so what is on the wire does not change; if the
+kernel refuses GSO, the driver falls back to one ``sendto`` per datagram. Socket addresses and
+:class:`Endpoint` objects are converted once per address, not once per packet.
 
 Key export, for the sniffer and for Wireshark (both optional):
 
@@ -30,7 +39,6 @@ Key export, for the sniffer and for Wireshark (both optional):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import json
@@ -42,8 +50,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from toolkit.crypto.keylog import HandshakeSecrets, append_keylog
+from toolkit.crypto.keylog import HandshakeSecrets, WireGuardSession, append_keylog
 from toolkit.errors import UsageError
+from toolkit.node import udpbatch
 from toolkit.node.tun import TunDevice, run_in_netns
 from toolkit.node.uapi import SOCKET_DIR, CoreBackend, UapiError, UapiServer, interface_answers
 from toolkit.node.wgconfig import WgConfig
@@ -54,6 +63,7 @@ from toolkit.types import Endpoint, NodePrivateKey, NodePublicKey
 
 DEFAULT_MTU = 1420  # wg-quick's default: 1500 minus the 80 bytes of IPv6 + UDP + WireGuard overhead
 _BURST = 64  # packets handled per wakeup before the loop gets a turn
+_CACHE_MAX = 1024  # remembered socket addresses <-> endpoints (a few per peer; cleared when full)
 
 
 class WireGuardDriver:
@@ -107,8 +117,13 @@ class WireGuardDriver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._exported: set[int] = set()  # local indices of the sessions already exported
-        self._sessions: list[dict[str, str]] = []  # the keys file's "wireguard" list, every session so far
+        self._sessions: list[dict[str, object]] = []  # the keys file's "wireguard" list, every session so far
         self._stopped = asyncio.Event()
+        # per-packet conversions done once per address: socket address -> Endpoint, Endpoint -> sendto address
+        self._endpoints: dict[tuple[Any, ...], Endpoint | None] = {}
+        self._addresses: dict[Endpoint, tuple[str, int] | None] = {}
+        self._last: tuple[Endpoint | None, tuple[str, int] | None] = (None, None)
+        self._gso = True
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -199,7 +214,11 @@ class WireGuardDriver:
             if exc.errno == errno.EADDRINUSE:
                 raise UapiError(errno.EADDRINUSE, f"UDP port {port} is in use") from None
             raise
+        udpbatch.enable_gro(sock)  # a kernel before 5.0 says no: one datagram per recvmsg, as without it
         old, self.sock = self.sock, sock
+        self._addresses.clear()  # the family may have changed
+        self._last = (None, None)
+        self._gso = True  # until the kernel refuses it on this socket
         if self._loop is not None:
             if old is not None:
                 self._loop.remove_reader(old.fileno())
@@ -211,14 +230,75 @@ class WireGuardDriver:
         """Move to UDP ``port`` (``wg set NAME listen-port``); the old socket stays if that fails."""
         self._bind(port)
 
-    def _sendto(self, data: bytes, endpoint: Endpoint) -> None:
+    def _address_for(self, endpoint: Endpoint) -> tuple[str, int] | None:
+        """The ``sendto`` address of ``endpoint`` for this socket (v4-mapped on a dual-stack socket), or
+        None if the socket cannot reach it (IPv6 peer, IPv4-only socket). Cached: formatting an
+        ``ipaddress`` object costs microseconds, which adds up at tens of thousands of packets a second."""
+        if endpoint is self._last[0]:  # the core hands out its peer's Endpoint object: no hashing needed
+            return self._last[1]
+        try:
+            address = self._addresses[endpoint]
+            self._last = (endpoint, address)
+            return address
+        except KeyError:
+            pass
         assert self.sock is not None
         address = endpoint.as_tuple()
         if self.sock.family == socket.AF_INET6 and endpoint.ip.version == 4:
             address = (f"::ffff:{endpoint.ip}", endpoint.port)
         elif self.sock.family == socket.AF_INET and endpoint.ip.version == 6:
-            self.counters["send-no-ipv6"] += 1
-            return
+            address = None
+        if len(self._addresses) >= _CACHE_MAX:
+            self._addresses.clear()
+        self._addresses[endpoint] = address
+        return address
+
+    def _endpoint_for(self, address: tuple[Any, ...]) -> Endpoint | None:
+        """The :class:`Endpoint` of a ``recvfrom`` address (cached, as :meth:`_address_for`); None if odd."""
+        try:
+            return self._endpoints[address]
+        except KeyError:
+            pass
+        try:
+            endpoint: Endpoint | None = Endpoint(address[0].split("%")[0], address[1])
+        except ValueError:
+            endpoint = None
+        if len(self._endpoints) >= _CACHE_MAX:
+            self._endpoints.clear()
+        self._endpoints[address] = endpoint
+        return endpoint
+
+    def _send_datagrams(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
+        """Send the core's datagrams in order: runs for one endpoint whose datagrams have one size (the
+        last may be shorter) go out in one GSO ``sendmsg`` (:mod:`toolkit.node.udpbatch`), the rest one
+        ``sendto`` each."""
+        runs = udpbatch.gso_runs(datagrams) if self._gso else (([d], len(d), e) for d, e in datagrams)
+        for buffers, size, endpoint in runs:
+            address = self._address_for(endpoint)
+            if address is None:
+                self.counters["send-no-ipv6"] += len(buffers)
+            elif len(buffers) == 1:
+                self._sendto(buffers[0], address)
+            else:
+                self._send_segments(buffers, size, address)
+
+    def _send_segments(self, buffers: list[bytes], size: int, address: tuple[str, int]) -> None:
+        assert self.sock is not None
+        try:
+            udpbatch.send_segments(self.sock, buffers, size, address)
+            self.counters["udp-sent"] += len(buffers)
+            self.counters["udp-gso-sends"] += 1
+        except OSError as exc:
+            if exc.errno not in udpbatch.GSO_UNSUPPORTED:  # a full buffer...: lost datagrams, as with sendto
+                self.counters[f"send-error-{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += len(buffers)
+                return
+            self._gso = False  # e.g. no checksum offload on the way out: one sendto per datagram from now on
+            self.counters["udp-gso-refused"] += 1
+            for data in buffers:
+                self._sendto(data, address)
+
+    def _sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        assert self.sock is not None
         try:
             self.sock.sendto(data, address)
             self.counters["udp-sent"] += 1
@@ -231,19 +311,23 @@ class WireGuardDriver:
         sock = self.sock
         if sock is None:
             return
-        for _ in range(_BURST):
+        handled = 0
+        while handled < _BURST:
             try:
-                data, address = sock.recvfrom(65535)
+                data, ancdata, flags, address = sock.recvmsg(udpbatch.RECV_SIZE, udpbatch.ANC_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ICMP errors surface here (ECONNREFUSED...): nothing to read
                 self.counters["udp-recv-error"] += 1
                 break
-            try:
-                src = Endpoint(address[0].split("%")[0], address[1])
-            except ValueError:
+            src = self._endpoint_for(address)
+            if src is None or flags & socket.MSG_TRUNC:
+                handled += 1
                 continue
-            self.core.receive_datagram(data, src, time.monotonic())
+            now = time.monotonic()
+            for datagram in udpbatch.split_gro(data, ancdata):  # several when UDP GRO glued them
+                self.core.receive_datagram(datagram, src, now)
+                handled += 1
         self._flush()
 
     def _on_tun(self) -> None:
@@ -266,8 +350,9 @@ class WireGuardDriver:
 
     def _flush(self) -> None:
         """Drain the core after an input: datagrams, packets, events; re-arm the one timer."""
-        for data, endpoint in self.core.datagrams_to_send():
-            self._sendto(data, endpoint)
+        datagrams = self.core.datagrams_to_send()
+        if datagrams:
+            self._send_datagrams(datagrams)
         tun = self.tun
         for packet in self.core.packets_received():
             if tun is not None and not tun.closed:
@@ -301,8 +386,8 @@ class WireGuardDriver:
         if self.keys_out is not None:
             for r in records:
                 label = f"{self.name} {r.peer.short()}"
-                self._sessions.append(_session_entry(r.local_index, r.recv_key, f"{label} in"))
-                self._sessions.append(_session_entry(r.remote_index, r.send_key, f"{label} out"))
+                self._sessions.append(WireGuardSession(r.local_index, r.recv_key, f"{label} in").to_json())
+                self._sessions.append(WireGuardSession(r.remote_index, r.send_key, f"{label} out").to_json())
             keyring = {
                 "version": 1,
                 "disco_private": [],
@@ -313,11 +398,6 @@ class WireGuardDriver:
             write_atomically(self.keys_out, json.dumps(keyring, indent=2) + "\n")
         if self.wireshark_keylog is not None:
             append_keylog(self.wireshark_keylog, [handshake_secrets(r) for r in records])
-
-
-def _session_entry(receiver_index: int, key: bytes, label: str) -> dict[str, str]:
-    """One ``wireguard`` entry of the keys file (toolkit.packets.keyring, toolkit.packets.wgopen)."""
-    return {"receiver_index": f"0x{receiver_index:08x}", "key": base64.b64encode(key).decode("ascii"), "label": label}
 
 
 def handshake_secrets(record: SessionKeyRecord) -> HandshakeSecrets:
