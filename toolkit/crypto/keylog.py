@@ -6,11 +6,15 @@ WireGuard dissector documents in its preference help, ``tshark -G defaultprefs``
 side's static private key and the ephemeral private key of a handshake it started, Wireshark
 re-derives the session (protocols.md §8.3) and decrypts the handshake and the transport data;
 natkit's sniffer reads the same file. A teacher's lab keys only: never log keys of a real network.
+
+:class:`WireGuardSession` is natkit's own export, one entry of a keys file's ``wireguard`` list
+(toolkit.packets.keyring): the key that decrypts the transport messages sent to a receiver index.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,4 +84,45 @@ def read_keylog(path: str | Path) -> dict[str, list[bytes]]:
     return out
 
 
-__all__ = ["KEY_TYPES", "HandshakeSecrets", "append_keylog", "format_keylog", "read_keylog"]
+@dataclass(frozen=True, slots=True)
+class WireGuardSession:
+    """The key that decrypts transport messages sent to ``receiver_index``."""
+
+    receiver_index: int
+    key: bytes = field(repr=False)
+    label: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "receiver_index": f"0x{self.receiver_index:08x}",
+            "key": base64.b64encode(self.key).decode("ascii"),
+        }
+        if self.label:
+            out["label"] = self.label
+        return out
+
+    @classmethod
+    def from_json(cls, entry: object, where: str) -> WireGuardSession:
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: expected an object with receiver_index and key")
+        idx, key, label = entry.get("receiver_index"), entry.get("key"), entry.get("label", "")
+        try:
+            index = int(idx, 0) if isinstance(idx, str) else idx
+        except ValueError:
+            index = None
+        if not isinstance(index, int) or not 0 <= index <= 0xFFFFFFFF:
+            raise UsageError(f'{where}: receiver_index must be a 32-bit number such as "0x1a2b3c4d", got {idx!r}')
+        raw = b""
+        if isinstance(key, str):
+            try:
+                raw = bytes.fromhex(key) if len(key) == 64 else base64.b64decode(key, validate=True)
+            except (ValueError, binascii.Error):
+                raw = b""
+        if len(raw) != 32:
+            raise UsageError(f"{where}: key must be 32 bytes as base64 (44 characters) or 64 hex digits")
+        if not isinstance(label, str):
+            raise UsageError(f"{where}: label must be a string")
+        return cls(index, raw, label)
+
+
+__all__ = ["KEY_TYPES", "HandshakeSecrets", "WireGuardSession", "append_keylog", "format_keylog", "read_keylog"]

@@ -9,59 +9,17 @@ packet is padded to 16 bytes (whitepaper §5.4.6); its own length field says whe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from toolkit.codec import wireguard
 from toolkit.crypto import noise
-from toolkit.errors import CryptoError, UsageError
+from toolkit.crypto.keylog import WireGuardSession
+from toolkit.errors import CryptoError
 
 _ICMP4 = {0: "echo-reply", 3: "unreachable", 8: "echo-request", 11: "time-exceeded"}
 _ICMP6 = {1: "unreachable", 128: "echo-request", 129: "echo-reply", 135: "neighbor-solicit", 136: "neighbor-advert"}
-
-
-@dataclass(frozen=True, slots=True)
-class WireGuardSession:
-    """The key that decrypts transport messages sent to ``receiver_index``."""
-
-    receiver_index: int
-    key: bytes = field(repr=False)
-    label: str = ""
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "receiver_index": f"0x{self.receiver_index:08x}",
-            "key": base64.b64encode(self.key).decode("ascii"),
-        }
-        if self.label:
-            out["label"] = self.label
-        return out
-
-    @classmethod
-    def from_json(cls, entry: object, where: str) -> WireGuardSession:
-        if not isinstance(entry, dict):
-            raise UsageError(f"{where}: expected an object with receiver_index and key")
-        idx, key, label = entry.get("receiver_index"), entry.get("key"), entry.get("label", "")
-        try:
-            index = int(idx, 0) if isinstance(idx, str) else idx
-        except ValueError:
-            index = None
-        if not isinstance(index, int) or not 0 <= index <= 0xFFFFFFFF:
-            raise UsageError(f"{where}: receiver_index must be a 32-bit number such as \"0x1a2b3c4d\", got {idx!r}")
-        raw = b""
-        if isinstance(key, str):
-            try:
-                raw = bytes.fromhex(key) if len(key) == 64 else base64.b64decode(key, validate=True)
-            except (ValueError, binascii.Error):
-                raw = b""
-        if len(raw) != 32:
-            raise UsageError(f"{where}: key must be 32 bytes as base64 (44 characters) or 64 hex digits")
-        if not isinstance(label, str):
-            raise UsageError(f"{where}: label must be a string")
-        return cls(index, raw, label)
 
 
 def sessions_of(keys: noise.SessionKeys, label: str = "") -> list[WireGuardSession]:
