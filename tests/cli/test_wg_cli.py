@@ -425,6 +425,12 @@ def test_natkit_and_wireguard_go_ping_both_ways(tmp_path: Path, cleanup: list[st
         # wireguard-go initiates (it knows natkit's endpoint), then natkit initiates after a rekey-free restart
         assert wait_until(lambda: ping(link.b, "10.99.250.1", timeout=1.0), 10), "wireguard-go -> natkit v4"
         assert ping(link.a, "10.99.250.2") and ping(link.a, "fd00:250::2") and ping(link.b, "fd00:250::1")
+        # and with the ping(8) a student would type, both ways, IPv4 and IPv6 inside the tunnel
+        ping8 = require_tool("ping", "iputils-ping")
+        for ns, address in ((link.a, "10.99.250.2"), (link.b, "10.99.250.1"), (link.a, "fd00:250::2")):
+            res = subprocess.run(["ip", "netns", "exec", ns, ping8, "-c", "2", "-W", "2", address],
+                                 capture_output=True, text=True, timeout=15, check=False)  # fmt: skip
+            assert res.returncode == 0 and " 0% packet loss" in res.stdout, res.stdout + res.stderr
         dev = uapi.get_device(name_a)
         assert dev.peers[0].last_handshake is not None and dev.peers[0].rx_bytes > 0
         # `wg set` on natkit's device: a new port (the socket is rebound); wireguard-go roams to it
