@@ -4,7 +4,6 @@ core) real tunnels: natkit <-> natkit and natkit <-> wireguard-go in namespaces 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node import Link, linked_namespaces, ping, wireguard_go
+from tests.node import Link, linked_namespaces, ping, stop_natkit_interface, wireguard_go
 from tests.support import require_root, require_tool, wait_until
 from toolkit.cli import main
 from toolkit.cli import wg as wg_cli
@@ -268,22 +267,7 @@ def cleanup() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        pid_file = wg_cli.RUN_DIR / f"{name}.pid"
-        try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            pid = 0
-        if pid and wg_cli._alive(pid) and wg_cli._is_natkit_wg(pid, name):
-            os.kill(pid, signal.SIGTERM)
-            if not wait_until(_gone(pid), 5):
-                os.kill(pid, signal.SIGKILL)
-        pid_file.unlink(missing_ok=True)
-        (wg_cli.RUN_DIR / f"{name}.log").unlink(missing_ok=True)
-        uapi.socket_path(name).unlink(missing_ok=True)
-
-
-def _gone(pid: int) -> Callable[[], bool]:
-    return lambda: not wg_cli._alive(pid)
+        stop_natkit_interface(name)
 
 
 def _pings(netns: str, address: str) -> Callable[[], bool]:

@@ -141,3 +141,26 @@ def wireguard_go(netns: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.kill()
             proc.wait()
         sock.unlink(missing_ok=True)
+
+
+def stop_natkit_interface(name: str) -> None:
+    """Teardown for a `natkit wg up` interface: SIGTERM its process (SIGKILL after 5 s), remove its pid
+    file, log and UAPI socket. Safe when it is already down; used also when a test fails."""
+    import signal
+
+    from tests.support import wait_until
+    from toolkit.cli import wg as wg_cli
+    from toolkit.node import uapi
+
+    pid_file = wg_cli.RUN_DIR / f"{name}.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        pid = 0
+    if pid and wg_cli._alive(pid) and wg_cli._is_natkit_wg(pid, name):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(lambda: not wg_cli._alive(pid), 5):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    (wg_cli.RUN_DIR / f"{name}.log").unlink(missing_ok=True)
+    uapi.socket_path(name).unlink(missing_ok=True)

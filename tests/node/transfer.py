@@ -39,12 +39,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from tests.node import Link, wireguard_go
-from tests.support import ROOT, wait_until
+from tests.support import ROOT
 from toolkit.crypto import keys
 from toolkit.node.wgconfig import PeerConfig, WgConfig, format_config
 from toolkit.types import Endpoint, NodePrivateKey
@@ -272,28 +271,10 @@ class NatkitInterfaces:
         assert done.returncode == 0 and done.stdout == f"{name} down\n", done.stderr
 
     def close(self) -> None:
-        from toolkit.cli import wg as wg_cli
-        from toolkit.node import uapi
+        from tests.node import stop_natkit_interface
 
         for name in self.names:
-            pid_file = wg_cli.RUN_DIR / f"{name}.pid"
-            try:
-                pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                pid = 0
-            if pid and wg_cli._alive(pid) and wg_cli._is_natkit_wg(pid, name):
-                os.kill(pid, signal.SIGTERM)
-                if not wait_until(partial(_gone, pid), 5):
-                    os.kill(pid, signal.SIGKILL)
-            pid_file.unlink(missing_ok=True)
-            (wg_cli.RUN_DIR / f"{name}.log").unlink(missing_ok=True)
-            uapi.socket_path(name).unlink(missing_ok=True)
-
-
-def _gone(pid: int) -> bool:
-    from toolkit.cli import wg as wg_cli
-
-    return not wg_cli._alive(pid)
+            stop_natkit_interface(name)
 
 
 @contextmanager
