@@ -19,6 +19,7 @@ response arrives, the initiation's index is handed over to the new keypair.
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -55,7 +56,7 @@ class IndexEntry:
     keypair: Keypair | None
 
 
-class HandshakeCore:
+class HandshakeCore(abc.ABC):
     """Device state, bookkeeping and the handshake messages (see the module docstring)."""
 
     def __init__(
@@ -105,9 +106,9 @@ class HandshakeCore:
             times.popleft()
         return self.force_under_load or len(times) >= self.load_threshold or now < self._under_load_until
 
+    @abc.abstractmethod
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         """Send the staged packets, or an empty keepalive (the transport path: WireGuardDevice)."""
-        raise NotImplementedError
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def _jitter(self) -> float:
