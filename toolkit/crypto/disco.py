@@ -20,7 +20,7 @@ from functools import lru_cache
 from toolkit.codec import disco as wire
 from toolkit.crypto import box
 from toolkit.crypto.keys import scalarmult_base
-from toolkit.errors import OpenError
+from toolkit.errors import CryptoError
 from toolkit.types import DiscoPrivateKey, DiscoPublicKey
 
 
@@ -94,22 +94,34 @@ class DiscoKeyring:
             pairs.insert(0, last)
         return pairs
 
-    def try_open(self, data: bytes) -> tuple[DiscoPublicKey, DiscoPublicKey, wire.Message] | None:
-        """``(sender, receiver, message)`` of a disco packet, or None if none of our keys opens it.
+    def open_plaintext(self, data: bytes) -> tuple[DiscoPublicKey, DiscoPublicKey, bytes] | None:
+        """``(sender, receiver, plaintext)`` of a disco packet, or None if none of our keys opens it.
 
-        Raises :class:`DecodeError` if ``data`` is not a disco packet, or if the box opens but the
-        plaintext does not parse (for example an unknown message type).
+        The plaintext is not parsed, so a sniffer can show one that opens but does not parse.
+        Raises :class:`DecodeError` if ``data`` is not a disco wrapper (protocols.md §1.1).
         """
         wrapper = wire.decode_wrapper(data)
         sealed = wrapper.sealed
         for priv, pub, receiver in self._candidates(wrapper.sender):
             try:
                 plaintext = box.open_sealed(priv, pub, sealed)
-            except OpenError:
+            except CryptoError:  # OpenError, or key material the box refuses
                 continue
             self._last[wrapper.sender] = (priv, pub, receiver)
-            return wrapper.sender, receiver, wire.decode_message(plaintext)
+            return wrapper.sender, receiver, plaintext
         return None
+
+    def try_open(self, data: bytes) -> tuple[DiscoPublicKey, DiscoPublicKey, wire.Message] | None:
+        """``(sender, receiver, message)`` of a disco packet, or None if none of our keys opens it.
+
+        Raises :class:`DecodeError` if ``data`` is not a disco packet, or if the box opens but the
+        plaintext does not parse (for example an unknown message type).
+        """
+        opened = self.open_plaintext(data)
+        if opened is None:
+            return None
+        sender, receiver, plaintext = opened
+        return sender, receiver, wire.decode_message(plaintext)
 
     def __repr__(self) -> str:
         return f"DiscoKeyring({len(self._privs)} private, {len(self._publics - set(self._privs))} public-only)"

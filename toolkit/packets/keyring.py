@@ -3,9 +3,9 @@ names for keys, and WireGuard session keys. Stdlib and ``toolkit.crypto`` only, 
 
 A disco box (protocols.md §1.1) names its sender in clear but not its receiver. It opens with the
 receiver's private key and the sender's public key, or with the sender's private key and the
-receiver's public key (the shared key is symmetric), so :meth:`Keyring.open_disco` tries both, as
-:class:`toolkit.crypto.disco.DiscoKeyring` does, and also returns the plaintext bytes so a sniffer
-can show a plaintext that opens but does not parse.
+receiver's public key (the shared key is symmetric). :meth:`Keyring.open_disco` tries both through
+the :class:`toolkit.crypto.disco.DiscoKeyring` it keeps with the same keys, and also returns the
+plaintext bytes so a sniffer can show a plaintext that opens but does not parse.
 
 Keys file (JSON, UTF-8), format version 1::
 
@@ -40,11 +40,10 @@ from typing import Any
 
 from toolkit.codec import disco as disco_codec
 from toolkit.codec import wireguard as wireguard_codec
-from toolkit.crypto import box
 from toolkit.crypto.disco import DiscoKeyring
 from toolkit.crypto.keys import public_key
 from toolkit.crypto.noise import SessionKeys
-from toolkit.errors import CryptoError, DecodeError, OpenError, UsageError
+from toolkit.errors import DecodeError, UsageError
 from toolkit.packets.wgopen import OpenedTransport, WireGuardSession, open_transport, sessions_of
 from toolkit.types import DiscoPrivateKey, DiscoPublicKey, Key32, NodePublicKey
 
@@ -77,8 +76,7 @@ class Keyring:
     wireguard: list[WireGuardSession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._pubs: dict[DiscoPublicKey, DiscoPrivateKey] = {}
-        self._last: dict[DiscoPublicKey, tuple[DiscoPrivateKey, DiscoPublicKey, DiscoPublicKey]] = {}
+        self._disco = DiscoKeyring()  # opens the boxes (toolkit.crypto.disco); the lists above are the file's
         self._wg: dict[int, list[WireGuardSession]] = {}
         sessions, self.wireguard = self.wireguard, []
         for s in sessions:
@@ -95,15 +93,16 @@ class Keyring:
     def add_disco_private(self, priv: DiscoPrivateKey) -> DiscoPublicKey:
         """Hold a node's disco private key; returns its public key."""
         pub = public_key(priv)
-        if pub not in self._pubs:
+        if pub not in self._disco:
             self.disco_private.append(priv)
-            self._pubs[pub] = priv
+            self._disco.add(priv)
         return pub
 
     def add_disco_public(self, pub: DiscoPublicKey) -> None:
         """Know a peer's disco public key (to open what our nodes sealed to it)."""
         if pub not in self.disco_public:
             self.disco_public.append(pub)
+            self._disco.add_public(pub)
 
     def name(self, key: Key32, label: str) -> None:
         self.names[key] = label
@@ -131,34 +130,19 @@ class Keyring:
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def _candidates(self, sender: DiscoPublicKey) -> list[tuple[DiscoPrivateKey, DiscoPublicKey, DiscoPublicKey]]:
-        # (private key, public key paired with it, receiver's public key)
-        pairs = [(priv, sender, pub) for pub, priv in self._pubs.items()]
-        sender_priv = self._pubs.get(sender)
-        if sender_priv is not None:
-            others = [p for p in self.disco_public if p not in self._pubs] + [p for p in self._pubs if p != sender]
-            pairs += [(sender_priv, pub, pub) for pub in others]
-        last = self._last.get(sender)
-        return [last, *pairs] if last is not None else pairs
-
     def open_disco(self, data: bytes) -> OpenedDisco | None:
         """Open a disco packet with any of our keys; None when none of them opens it.
 
         Raises :class:`DecodeError` when ``data`` is not a disco wrapper (protocols.md §1.1).
         """
-        wrapper = disco_codec.decode_wrapper(data)
-        sealed = wrapper.sealed
-        for priv, pub, receiver in self._candidates(wrapper.sender):
-            try:
-                plaintext = box.open_sealed(priv, pub, sealed)
-            except (OpenError, CryptoError):
-                continue
-            self._last[wrapper.sender] = (priv, pub, receiver)
-            try:
-                return OpenedDisco(wrapper.sender, receiver, plaintext, disco_codec.decode_message(plaintext))
-            except DecodeError as exc:
-                return OpenedDisco(wrapper.sender, receiver, plaintext, None, exc)
-        return None
+        opened = self._disco.open_plaintext(data)
+        if opened is None:
+            return None
+        sender, receiver, plaintext = opened
+        try:
+            return OpenedDisco(sender, receiver, plaintext, disco_codec.decode_message(plaintext))
+        except DecodeError as exc:
+            return OpenedDisco(sender, receiver, plaintext, None, exc)
 
     # --- WireGuard ------------------------------------------------------------------------------
 
