@@ -15,7 +15,6 @@ decode measures, side by side in one run and with the median of several repeats:
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from toolkit.crypto import disco as disco_crypto
 from toolkit.crypto import keys
 from toolkit.errors import UsageError
 from toolkit.packets import pcapio
+from toolkit.packets.keyring import Keyring, keys_path_for
 from toolkit.types import Endpoint, TxID
 
 WG_PORT = 41641
@@ -122,16 +122,9 @@ def make_capture(path: str | Path, n: int = 100_000, seed: int = 1) -> dict[str,
                 frame = pcapio.udp_frame(hosts[0][0], WG_PORT, hosts[1][1], WG_PORT, wmsg.encode())
                 mix[name] += 1
             w.write(frame, ts)
-    keyfile = keys_path(path)
-    keyfile.write_text(
-        json.dumps({"version": 1, "disco_private": [a_disco.text(), b_disco.text()], "disco_public": []}, indent=1)
-        + "\n"
-    )
+    keyfile = keys_path_for(path)
+    Keyring([a_disco, b_disco]).save(keyfile)
     return {"path": str(path), "keys": str(keyfile), "packets": n, "mix": dict(sorted(mix.items()))}
-
-
-def keys_path(pcap: Path) -> Path:
-    return pcap.with_name(pcap.name + ".keys.json")
 
 
 _R = TypeVar("_R")

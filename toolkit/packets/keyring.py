@@ -236,6 +236,12 @@ class Keyring:
         )
 
 
+def keys_path_for(pcap: str | Path) -> Path:
+    """Where natkit keeps a capture's keys: ``FILE.pcap.keys.json`` beside ``FILE.pcap``."""
+    pcap = Path(pcap)
+    return pcap.with_name(pcap.name + ".keys.json")
+
+
 def _list(data: dict[str, Any], name: str, source: str) -> list[Any]:
     value = data.get(name, [])
     if not isinstance(value, list):

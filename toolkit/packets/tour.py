@@ -10,7 +10,6 @@ version of natkit prints the same bytes every time.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from toolkit.crypto import disco as disco_crypto
 from toolkit.crypto import keys, noise
 from toolkit.errors import OpenError
 from toolkit.packets import pcapio
-from toolkit.packets.wgopen import sessions_of
+from toolkit.packets.keyring import Keyring, keys_path_for
 from toolkit.types import Endpoint, TxID
 
 # The lab: node A behind a NAT (192.168.1.10 -> 203.0.113.7), node B behind another
@@ -170,27 +169,18 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print, dissect: bool =
             frame = pcapio.tcp_frame(*ends, data, seq=seq[outbound], ack=seq[not outbound])
             seq[outbound] += len(data)
             w.write(frame, ts=1_700_000_001 + i * 0.01)
-    keyfile = pcap.with_name(pcap.name + ".keys.json")
-    keyfile.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "disco_private": [a_disco.text(), b_disco.text()],
-                "disco_public": [],
-                "wireguard": [w.to_json() for w in sessions_of(a_keys, "A<->B")],
-            }
-        )
-        + "\n"
-    )
+    keyfile = keys_path_for(pcap)
+    lab_keys = Keyring([a_disco, b_disco])
+    lab_keys.add_session_keys(a_keys, "A<->B")
+    lab_keys.save(keyfile)
     say(f"6. Wrote {len(frames)} UDP datagrams and {len(derp_stream)} DERP TCP segments to {pcap}")
     say(f"   and the lab's keys to {keyfile}")
     if dissect:
         say("   Reading it back through the sniffer's pipeline (disco and WireGuard opened with the keys):")
         from toolkit.packets.dissect import Analyzer
-        from toolkit.packets.keyring import load_keyring
         from toolkit.packets.sniffer import read_file
 
-        analyzer = Analyzer(load_keyring(keyfile))
+        analyzer = Analyzer(lab_keys)
         events = list(read_file(pcap, analyzer=analyzer))
         t0 = events[0].ts if events else 0.0
         for ev in events:
