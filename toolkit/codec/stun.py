@@ -216,8 +216,10 @@ def decode(data: bytes) -> Message:
     cls, method = decode_type(msg_type)
     attrs = tuple(decode_attribute(t, value, txid) for t, _, value in raw)
     wire = bytes(data[: HEADER_LEN + int.from_bytes(data[2:4], "big")])
-    pads = tuple(wire[pos + 4 + len(v) : pos + 4 + len(v) + (-len(v) % 4)] for _, pos, v in raw)
-    paddings = pads if any(any(p) for p in pads) else ()
+    paddings: tuple[bytes, ...] = ()
+    if any(len(v) % 4 for _, _, v in raw):  # only then is there padding to keep (the common case has none)
+        pads = tuple(wire[pos + 4 + len(v) : pos + 4 + len(v) + (-len(v) % 4)] for _, pos, v in raw)
+        paddings = pads if any(any(p) for p in pads) else ()
     return Message(cls, method, txid, attrs, wire=wire, paddings=paddings)
 
 

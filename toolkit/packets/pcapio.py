@@ -254,10 +254,6 @@ class PcapWriter:
 
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``."""
-    return _checksum(data)
-
-
-def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -276,13 +272,13 @@ def _ip_frame(src: str, dst: str, proto: int, l4_no_csum: bytes, csum_at: int, e
         pseudo = s.packed + d.packed + struct.pack("!BBH", 0, proto, n)
     else:
         pseudo = s.packed + d.packed + struct.pack("!IxxxB", n, proto)
-    csum = _checksum(pseudo + l4_no_csum)
+    csum = checksum(pseudo + l4_no_csum)
     if proto == IPPROTO_UDP and csum == 0:
         csum = 0xFFFF  # RFC 768: a computed zero is sent as all ones
     l4 = l4_no_csum[:csum_at] + struct.pack("!H", csum) + l4_no_csum[csum_at + 2 :]
     if s.version == 4:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + n, 0, 0x4000, 64, proto, 0, s.packed, d.packed)
-        hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         ip, etype = hdr + l4, b"\x08\x00"
     else:
         ip = struct.pack("!IHBB16s16s", 0x60000000, n, proto, 64, s.packed, d.packed) + l4
