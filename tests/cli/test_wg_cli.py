@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.node import Link, linked_namespaces, ping, stop_natkit_interface, wireguard_go
+from tests.node.transfer import natkit as _natkit
 from tests.support import require_root, require_tool, wait_until
 from toolkit.cli import main
 from toolkit.cli import wg as wg_cli
@@ -251,13 +251,6 @@ def test_show_prints_what_wg_show_prints_for_wireguard_go(capsys: pytest.Capture
 
 
 # --- real tunnels (natkit's WireGuard core) --------------------------------------------------------
-
-
-def _natkit(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`natkit ARGS` in a fresh process, as a user types it."""
-    return subprocess.run(
-        [sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, check=False, timeout=timeout
-    )
 
 
 @pytest.fixture
