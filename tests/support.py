@@ -7,11 +7,16 @@ every test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,3 +60,69 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class NatkitService:
+    """A ``natkit *-server`` child process (see :func:`natkit_service`).
+
+    ``start_line`` is the ``natkit NAME: listening on ...`` line; ``stop()`` sends SIGTERM, waits,
+    and returns the exit status; ``output()`` is everything the process wrote to stderr.
+    """
+
+    def __init__(self, args: list[str], netns: str | None, timeout: float) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        argv = [*prefix, sys.executable, "-m", "toolkit", *args]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(": listening on " in line for line in self._lines):
+                break
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise AssertionError(f"natkit {' '.join(args)} exited {self.proc.returncode}: {self.output()}")
+            time.sleep(0.02)
+        else:
+            self.stop()
+            raise AssertionError(f"natkit {' '.join(args)} printed no start line in {timeout} s: {self.output()}")
+        self.start_line = next(line for line in self._lines if ": listening on " in line)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self._lines)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(2)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def natkit_service(*args: str, netns: str | None = None, timeout: float = 15.0) -> Iterator[NatkitService]:
+    """Run ``python -m toolkit ARGS`` until it prints its start line; SIGTERM it on exit, also on failure."""
+    service = NatkitService(list(args), netns, timeout)
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -49,6 +49,12 @@ class Timing:
     derp_handshake_timeout: float = 10.0
     derp_write_timeout: float = 2.0
     derp_queue_depth: int = 32
+    derp_reconnect_min: float = 0.1  # client backoff after a failed dial, doubled up to the max
+    derp_reconnect_max: float = 10.0  # magicsock's derp backoff cap (wgengine/magicsock/derp.go)
+
+    # --- coordination server (natkit's own; issue 4) ---
+    control_stream_keepalive: float = 15.0  # an SSE comment line this often keeps proxies and clients awake
+    control_long_poll: float = 30.0  # a long poll with nothing new answers after this long
 
     # --- WireGuard (whitepaper §6, protocols.md §8.5) ---
     rekey_after_messages: int = 2**60

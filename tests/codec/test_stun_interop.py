@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +17,7 @@ from aioice import stun as ai
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support import require_tool
+from tests.coturn import Coturn, exchange, start_coturn
 from toolkit.codec import stun
 from toolkit.codec.stun import (
     ChangedAddress,
@@ -230,98 +226,16 @@ def test_natkit_parses_aioice_long_term_request_and_error() -> None:
 # --- coturn over UDP -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Coturn:
-    ips: tuple[str, ...]
-    port: int
-    alt_port: int
-    log: Path
-
-    @property
-    def primary(self) -> tuple[str, int]:
-        return (self.ips[0], self.port)
-
-
-def _ports_free(ips: tuple[str, ...], port: int) -> bool:
-    for ip in ips:
-        for p in (port, port + 1):
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                with socket.socket(socket.AF_INET, kind) as s:
-                    try:
-                        s.bind((ip, p))
-                    except OSError:
-                        return False
-    return True
-
-
-def _exchange(
-    sock: socket.socket, request: bytes, dst: tuple[str, int], rsock: socket.socket | None = None, tries: int = 3
-) -> tuple[bytes, tuple[str, int]]:
-    """Send ``request`` from ``sock`` and wait for the reply on ``rsock`` (default: the same socket)."""
-    rsock = rsock or sock
-    want = stun.decode(request).txid
-    for _ in range(tries):
-        sock.sendto(request, dst)
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            rsock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, src = rsock.recvfrom(4096)
-            except TimeoutError:
-                break
-            if stun.is_stun(data) and stun.decode(data).txid == want:
-                return data, src
-    raise AssertionError(f"no STUN answer from {dst} after {tries} tries")
-
-
-def _start(tmp: Path, ips: tuple[str, ...]) -> Iterator[Coturn]:
-    exe = require_tool("turnserver", "coturn")
-    rng = random.Random()
-    for _attempt in range(4):
-        port = rng.randrange(20000, 30000, 2)
-        if not _ports_free(ips, port):
-            continue
-        log = tmp / f"turnserver-{port}.log"
-        args = [exe, "-n", *(f"--listening-ip={ip}" for ip in ips), f"--listening-port={port}"]
-        args += [f"--alt-listening-port={port + 1}", "--no-tls", "--no-dtls", "--no-cli", "--stun-only"]
-        args += ["--log-file=stdout", "--simple-log", "--fingerprint", f"--pidfile={tmp / 'turnserver.pid'}"]
-        args += [f"--userdb={tmp / 'turndb'}", "--min-port=40000", "--max-port=40100"]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
-        try:
-            server = Coturn(ips, port, port + 1, log)
-            if _wait_ready(proc, server):
-                yield server
-                return
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
-    pytest.fail(f"coturn did not answer STUN on {ips}; see logs in {tmp}")
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], server: Coturn, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                _exchange(s, stun.binding_request(TxID(random.randbytes(12))), server.primary, tries=1)
-                return True
-            except (AssertionError, OSError):
-                time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     """coturn with one address (plain STUN)."""
-    yield from _start(tmp_path_factory.mktemp("coturn"), ("127.0.0.1",))
+    yield from start_coturn(tmp_path_factory.mktemp("coturn"), ("127.0.0.1",))
 
 
 @pytest.fixture(scope="module")
 def coturn5780(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     """coturn with two addresses and two ports: RFC 5780 behaviour discovery."""
-    yield from _start(tmp_path_factory.mktemp("coturn5780"), ("127.0.0.1", "127.0.0.2"))
+    yield from start_coturn(tmp_path_factory.mktemp("coturn5780"), ("127.0.0.1", "127.0.0.2"))
 
 
 @pytest.fixture
@@ -349,7 +263,7 @@ def test_coturn_answers_natkit_request(coturn: Coturn, udp: socket.socket, kind:
     request = (
         stun.tailnode_request(txid) if kind == "tailnode_request" else stun.binding_request(txid, software="natkit")
     )
-    data, src = _exchange(udp, request, coturn.primary)
+    data, src = exchange(udp, request, coturn.primary)
     assert src == coturn.primary
     msg = stun.decode(data)
     assert (msg.msg_class, msg.method, msg.txid) == (Class.SUCCESS, Method.BINDING, txid)
@@ -366,7 +280,7 @@ def test_coturn_rejects_unknown_comprehension_required_attribute(coturn: Coturn,
     request = Message(Class.REQUEST, Method.BINDING, txid, (UnknownAttribute(0x7FF0, b"abcd"),)).encode(
         fingerprint=True
     )
-    data, _ = _exchange(udp, request, coturn.primary)
+    data, _ = exchange(udp, request, coturn.primary)
     msg = stun.decode(data)
     assert (msg.msg_class, msg.txid) == (Class.ERROR, txid)
     err = msg.get(ErrorCode)
@@ -378,7 +292,7 @@ def test_coturn_rejects_unknown_comprehension_required_attribute(coturn: Coturn,
 
 @pytest.mark.tool
 def test_coturn_rfc5780_addresses(coturn5780: Coturn, udp: socket.socket) -> None:
-    data, src = _exchange(udp, stun.binding_request(TxID(random.randbytes(12))), coturn5780.primary)
+    data, src = exchange(udp, stun.binding_request(TxID(random.randbytes(12))), coturn5780.primary)
     assert src == coturn5780.primary
     msg = stun.decode(data)
     assert msg.mapped_endpoint == _own(udp)
@@ -393,7 +307,7 @@ def test_coturn_rfc5780_change_request(
     coturn5780: Coturn, udp: socket.socket, change_ip: bool, change_port: bool
 ) -> None:
     request = stun.binding_request(TxID(random.randbytes(12)), change_ip=change_ip, change_port=change_port)
-    data, src = _exchange(udp, request, coturn5780.primary)
+    data, src = exchange(udp, request, coturn5780.primary)
     expected = ("127.0.0.2" if change_ip else "127.0.0.1", coturn5780.alt_port if change_port else coturn5780.port)
     assert src == expected
     msg = stun.decode(data)
@@ -407,11 +321,11 @@ def test_coturn_rfc5780_response_port_and_padding(coturn5780: Coturn, udp: socke
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
         other.bind(("127.0.0.1", 0))
         request = stun.binding_request(TxID(random.randbytes(12)), response_port=_own(other).port)
-        data, _ = _exchange(udp, request, coturn5780.primary, rsock=other)
+        data, _ = exchange(udp, request, coturn5780.primary, rsock=other)
     msg = stun.decode(data)
     assert msg.mapped_endpoint == _own(udp)  # the request's source, though the answer went to RESPONSE-PORT
     request = stun.binding_request(TxID(random.randbytes(12)), padding=100)
-    data, _ = _exchange(udp, request, coturn5780.primary)
+    data, _ = exchange(udp, request, coturn5780.primary)
     msg = stun.decode(data)
     assert msg.mapped_endpoint == _own(udp)
     _check_fingerprint(data)

@@ -1,0 +1,1 @@
+"""Tests of toolkit.services: STUN, DERP, control and netcheck services and clients."""
