@@ -73,14 +73,14 @@ class NatkitService:
     """A ``natkit *-server`` child process (see :func:`natkit_service`).
 
     ``start_line`` is the ``natkit NAME: listening on ...`` line; ``stop()`` sends SIGTERM, waits,
-    and returns the exit status; ``output()`` is everything the process wrote to stderr.
+    and returns the exit status; ``output()`` is everything the process wrote (stdout and stderr).
     """
 
     def __init__(self, args: list[str], netns: str | None, timeout: float) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
         argv = [*prefix, sys.executable, "-m", "toolkit", *args]
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True
         )
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -99,8 +99,8 @@ class NatkitService:
         self.start_line = next(line for line in self._lines if ": listening on " in line)
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
             self._lines.append(line.rstrip("\n"))
 
     def output(self) -> str:
@@ -115,6 +115,8 @@ class NatkitService:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._reader.join(2)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
         return self.proc.returncode
 
 
