@@ -10,6 +10,7 @@ here and the map natkit's coordination server serves is the shape Tailscale clie
      "HomeParams": {"RegionScore": {"1": 1.0}}}
 
 Port conventions (``tailcfg.DERPNode``): ``STUNPort`` 0 means 3478 and -1 means no STUN;
+``IPv4``/``IPv6`` empty means "look ``HostName`` up in DNS" and ``"none"`` means "do not use this family";
 ``DERPPort`` 0 means 443 (80 with ``Scheme: http``). ``STUNOnly`` nodes run no relay. A region with ``Avoid`` is not picked as
 home, and ``NoMeasureNoHome`` regions are neither measured nor picked (netcheck, protocols.md §5).
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,9 @@ from toolkit.types import Endpoint
 
 DEFAULT_STUN_PORT = 3478
 DEFAULT_DERP_PORT = 443
+NO_ADDRESS = "none"  # tailcfg.DERPNode.IPv4/IPv6: the conventional value that disables a family (and its DNS lookup)
+MAX_REGION_ID = 2**53 - 1  # tailcfg.DERPRegionID.IsValid: positive and fits a JavaScript number
+_REGION_KEY = re.compile(r"-?[0-9]+")  # strconv.ParseInt(s, 10, 64): ASCII digits, no spaces, no "_"
 
 
 def _field(obj: dict[str, Any], where: str, key: str, kind: type, default: Any) -> Any:
@@ -47,8 +53,8 @@ def _field(obj: dict[str, Any], where: str, key: str, kind: type, default: Any) 
 
 
 def _ip(where: str, key: str, text: str, version: int) -> str:
-    if not text:
-        return ""
+    if not text or text == NO_ADDRESS:
+        return text
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -76,21 +82,32 @@ class DERPNode:
     def __post_init__(self) -> None:
         if self.scheme not in ("http", "https"):
             raise BadValueError(f"DERP map node {self.name!r}: 'Scheme' must be http or https, not {self.scheme!r}")
-        if not -1 <= self.stun_port <= 0xFFFF or not 0 <= self.derp_port <= 0xFFFF:
-            raise BadValueError(f"DERP map node {self.name!r}: ports must be in 0..65535 (STUNPort may be -1)")
-        if not self.host_name and not (self.ipv4 or self.ipv6):
+        if not -1 <= self.stun_port <= 0xFFFF:
+            raise BadValueError(f"DERP map node {self.name!r}: 'STUNPort' {self.stun_port} is not in -1..65535")
+        if not 0 <= self.derp_port <= 0xFFFF:
+            raise BadValueError(f"DERP map node {self.name!r}: 'DERPPort' {self.derp_port} is not in 0..65535")
+        if not self.host_name and not (self.address(4) or self.address(6)):
             raise BadValueError(f"DERP map node {self.name!r}: needs a 'HostName' or an 'IPv4'/'IPv6' address")
 
     @property
     def stun_enabled(self) -> bool:
         return self.stun_port >= 0
 
+    def address(self, version: int) -> str:
+        """The literal IPv4 (``version`` 4) or IPv6 address, or "" (none given, or ``"none"``)."""
+        text = self.ipv4 if version == 4 else self.ipv6
+        return "" if text == NO_ADDRESS else text
+
+    def family_disabled(self, version: int) -> bool:
+        """``IPv4``/``IPv6`` is ``"none"``: do not use that family, not even through DNS (tailcfg)."""
+        return (self.ipv4 if version == 4 else self.ipv6) == NO_ADDRESS
+
     def stun_endpoints(self) -> list[Endpoint]:
         """Where to send STUN: the node's literal v4 and v6 addresses (netcheck, protocols.md §5.2)."""
         if not self.stun_enabled:
             return []
         port = self.stun_port or DEFAULT_STUN_PORT
-        out = [Endpoint(ipaddress.ip_address(ip), port) for ip in (self.ipv4, self.ipv6) if ip]
+        out = [Endpoint(ipaddress.ip_address(ip), port) for ip in (self.address(4), self.address(6)) if ip]
         if not out:
             try:
                 out.append(Endpoint(ipaddress.ip_address(self.host_name), port))
@@ -101,14 +118,14 @@ class DERPNode:
     @property
     def url(self) -> str:
         """The relay's URL, ``https://host[:port]/derp`` (protocols.md §2.1)."""
-        host = self.host_name or self.ipv4 or f"[{self.ipv6}]"
+        host = self.host_name or self.address(4) or f"[{self.address(6)}]"
         default = DEFAULT_DERP_PORT if self.scheme == "https" else 80
         suffix = "" if self.dial_port == default else f":{self.dial_port}"
         return f"{self.scheme}://{host}{suffix}/derp"
 
     def dial_host(self) -> str:
         """The address to connect to: the literal IPv4, else IPv6, else the host name."""
-        return self.ipv4 or self.ipv6 or self.host_name
+        return self.address(4) or self.address(6) or self.host_name
 
     @property
     def dial_port(self) -> int:
@@ -161,8 +178,10 @@ class DERPRegion:
     no_measure_no_home: bool = False
 
     def __post_init__(self) -> None:
-        if self.region_id <= 0:
-            raise BadValueError(f"DERP map region {self.region_code!r}: 'RegionID' must be a positive integer")
+        if not 0 < self.region_id <= MAX_REGION_ID:
+            raise BadValueError(
+                f"DERP map region {self.region_code!r}: 'RegionID' must be a positive integer below 2**53"
+            )
         for node in self.nodes:
             if node.region_id not in (0, self.region_id):
                 raise BadValueError(
@@ -237,20 +256,28 @@ class DERPMap:
             raise BadValueError("DERP map: the top level must be an object with 'Regions'")
         raw_regions = _field(obj, "top level", "Regions", dict, {})
         regions: dict[int, DERPRegion] = {}
+        keys: dict[int, str] = {}
         for key, value in raw_regions.items():
-            try:
-                rid = int(key)
-            except ValueError:
-                raise BadValueError(f"DERP map: region key {key!r} is not an integer") from None
+            if not _REGION_KEY.fullmatch(key):
+                raise BadValueError(f"DERP map: 'Regions' key {key!r} is not an integer")
+            rid = int(key)
+            if rid in regions:
+                raise BadValueError(f"DERP map: 'Regions' keys {keys[rid]!r} and {key!r} are the same region {rid}")
+            keys[rid] = key
             regions[rid] = DERPRegion.from_obj(value, f"region {key}")
         home = _field(obj, "top level", "HomeParams", dict, {})
         scores_raw = _field(home, "HomeParams", "RegionScore", dict, {})
         scores: dict[int, float] = {}
         for key, value in scores_raw.items():
+            if not _REGION_KEY.fullmatch(key):
+                raise BadValueError(f"DERP map HomeParams: 'RegionScore' key {key!r} is not a region id")
             try:
-                scores[int(key)] = float(value)
-            except (TypeError, ValueError):
-                raise BadValueError(f"DERP map HomeParams: RegionScore[{key!r}] = {value!r} is not a number") from None
+                score = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+            except OverflowError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise BadValueError(f"DERP map HomeParams: 'RegionScore'[{key!r}] = {value!r} is not a number")
+            scores[int(key)] = score  # 0 and negative scores are ignored by their users (tailcfg)
         return cls(regions=regions, region_score=scores)
 
     @classmethod
@@ -262,4 +289,4 @@ class DERPMap:
         return cls.from_obj(obj)
 
 
-__all__ = ["DEFAULT_DERP_PORT", "DEFAULT_STUN_PORT", "DERPMap", "DERPNode", "DERPRegion"]
+__all__ = ["DEFAULT_DERP_PORT", "DEFAULT_STUN_PORT", "MAX_REGION_ID", "NO_ADDRESS", "DERPMap", "DERPNode", "DERPRegion"]
