@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench", help="benchmarks: natkit's codecs against tshark and scapy")
+    p = sub.add_parser("bench", help="benchmarks: natkit against tshark, scapy, wireguard-go and coturn")
     bsub = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
 
     mk = bsub.add_parser("make-pcap", help="write a mixed STUN/disco/WireGuard capture (and its keys file)")
@@ -33,6 +33,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tun.add_argument("--repeat", type=int, default=3, help="tests per contender; the median is reported (default 3)")
     tun.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     tun.set_defaults(func=run_tunnel)
+
+    rel = bsub.add_parser(
+        "relay",
+        help="packets/s and latency through natkit's DERP relay and coturn's TURN relay on loopback",
+        description="Start `natkit derp-server` and coturn's turnserver on 127.0.0.1, stream packets A->B through "
+        "each with two clients, measure one-way latency, and print the medians and the ratio natkit / coturn.",
+    )
+    rel.add_argument(
+        "--packets", type=int, default=20_000, metavar="N", help="packets per throughput run (default 20000)"
+    )
+    rel.add_argument("--size", type=int, default=1000, metavar="BYTES", help="bytes per packet (default 1000)")
+    rel.add_argument(
+        "--repeat", type=int, default=3, metavar="R", help="runs per relay; the median is reported (default 3)"
+    )
+    rel.add_argument(
+        "--latency-samples", type=int, default=500, metavar="M", help="one-at-a-time packets for p50/p99 (default 500)"
+    )
+    rel.add_argument("--window", type=int, default=32, metavar="W", help="packets in flight at most (default 32)")
+    rel.add_argument(
+        "--turn-peer",
+        choices=("relayed", "direct"),
+        default="relayed",
+        help="relayed: both clients allocate (like DERP, default); direct: only A allocates, B is plain UDP",
+    )
+    rel.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    rel.set_defaults(func=run_relay)
 
 
 def run_make_pcap(args: argparse.Namespace) -> int:
@@ -65,4 +91,25 @@ def run_tunnel(args: argparse.Namespace) -> int:
 
     report = run_tunnel_bench(seconds=args.seconds, repeat=args.repeat, progress=progress)
     print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def run_relay(args: argparse.Namespace) -> int:
+    import sys
+
+    from toolkit.services.benchrelay import format_report, run_relay_bench
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run_relay_bench(
+        packets=args.packets,
+        size=args.size,
+        repeat=args.repeat,
+        latency_samples=args.latency_samples,
+        window=args.window,
+        turn_peer=args.turn_peer,
+        progress=progress,
+    )
+    print(json.dumps(report) if args.format == "json" else format_report(report))
     return 0
