@@ -12,6 +12,10 @@ What Linux does, measured here and asserted:
   plain masquerade sends the request to the router itself, where nothing listens.
 * The mapping lifetime of a UDP binding that saw one answer is the router namespace's
   ``nf_conntrack_udp_timeout``; the measured bracket contains it.
+
+Every test runs twice, against coturn and against natkit's own ``natkit stun-server`` in RFC 5780
+mode (a separate process in the server namespace): both servers must lead to the same verdicts, and
+the report's SOFTWARE shows which server answered.
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ import pytest
 from tests.services.natlab import CLIENT, ROUTER_WAN, SERVER_IPS, NatLab, nat_lab, sysctl
 
 
+@pytest.fixture(params=["coturn", "natkit"])
+def server(request: pytest.FixtureRequest) -> str:
+    """Which RFC 5780 STUN server runs in the server namespace."""
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def masquerade(tmp_path: Path) -> Iterator[NatLab]:
-    with nat_lab(tmp_path) as lab:
+def masquerade(tmp_path: Path, server: str) -> Iterator[NatLab]:
+    with nat_lab(tmp_path, stun=server) as lab:
         yield lab
 
 
@@ -38,7 +49,8 @@ def test_masquerade_is_endpoint_independent_with_port_restricted_filtering(masqu
     local, mapped = r["local"], r["mapped"]
     assert local.startswith(f"{CLIENT}:") and mapped == f"{ROUTER_WAN}:{local.split(':')[1]}"  # port kept
     _, t2, f2, f3 = r["tests"]
-    assert t2["sent_to"] == f"{SERVER_IPS[1]}:{masquerade.coturn.port}" and t2["mapped"] == mapped
+    assert masquerade.stun_server is not None
+    assert t2["sent_to"] == f"{SERVER_IPS[1]}:{masquerade.stun_server.port}" and t2["mapped"] == mapped
     assert (f2["outcome"], f3["outcome"]) == ("no answer", "no answer")
     assert f2["socket"] == "filtering" and f2["local"] != local
 
@@ -47,6 +59,10 @@ def test_masquerade_text_report(masquerade: NatLab) -> None:
     p = masquerade.natkit("nat-type", masquerade.stun, "--rto", "0.05", "--rc", "3", "--rm", "4")
     assert p.returncode == 0, p.stderr
     out = p.stdout
+    assert masquerade.stun_server is not None
+    first = out.splitlines()[0]  # "... with STUN server 203.0.113.10:P (SOFTWARE)"
+    assert first.startswith(f"NAT behaviour discovery (RFC 5780) with STUN server {masquerade.stun}")
+    masquerade.stun_server.check_software(first.rsplit("(", 1)[1])
     assert "verdict: behind a NAT: mapping endpoint-independent, filtering address-and-port-dependent" in out
     assert "Tailscale calls this an easy NAT" in out and "port-restricted-cone NAT" in out
     assert f"mapped address   {ROUTER_WAN}:" in out
@@ -55,8 +71,8 @@ def test_masquerade_text_report(masquerade: NatLab) -> None:
 
 
 @pytest.mark.parametrize("flavour", ["masquerade random", "masquerade fully-random"])
-def test_random_ports_make_a_symmetric_nat(tmp_path: Path, flavour: str) -> None:
-    with nat_lab(tmp_path, flavour) as lab:
+def test_random_ports_make_a_symmetric_nat(tmp_path: Path, server: str, flavour: str) -> None:
+    with nat_lab(tmp_path, flavour, stun=server) as lab:
         r = lab.nat_type()
     assert r["behind_nat"] is True
     assert (r["mapping"], r["filtering"]) == ("address-and-port-dependent", "address-and-port-dependent")
@@ -67,8 +83,8 @@ def test_random_ports_make_a_symmetric_nat(tmp_path: Path, flavour: str) -> None
 
 
 @pytest.mark.parametrize("hairpin_rule", [False, True])
-def test_hairpinning_needs_a_rule(tmp_path: Path, hairpin_rule: bool) -> None:
-    with nat_lab(tmp_path, hairpin=hairpin_rule) as lab:
+def test_hairpinning_needs_a_rule(tmp_path: Path, server: str, hairpin_rule: bool) -> None:
+    with nat_lab(tmp_path, hairpin=hairpin_rule, stun=server) as lab:
         r = lab.nat_type("--hairpin")
     assert r["hairpinning"] is hairpin_rule
     hp = r["tests"][-1]
@@ -79,8 +95,8 @@ def test_hairpinning_needs_a_rule(tmp_path: Path, hairpin_rule: bool) -> None:
         assert hp["outcome"] == "no answer"
 
 
-def test_lifetime_brackets_the_conntrack_udp_timeout(tmp_path: Path) -> None:
-    with nat_lab(tmp_path, udp_timeout=3) as lab:
+def test_lifetime_brackets_the_conntrack_udp_timeout(tmp_path: Path, server: str) -> None:
+    with nat_lab(tmp_path, udp_timeout=3, stun=server) as lab:
         assert sysctl(lab.router, "net.netfilter.nf_conntrack_udp_timeout") == "3"
         assert sysctl(None, "net.netfilter.nf_conntrack_udp_timeout") != "3"  # per namespace
         r = lab.nat_type("--lifetime", "--max-lifetime", "6")
