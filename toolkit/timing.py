@@ -30,17 +30,24 @@ class Timing:
     derp_inactive_cleanup: float = 60.0
     derp_clean_stale_interval: float = 15.0
 
-    # --- netcheck (protocols.md §5.2) ---
-    netcheck_report_timeout: float = 5.0
-    netcheck_stun_probe_timeout: float = 3.0
-    netcheck_icmp_probe_timeout: float = 1.0
-    netcheck_initial_retransmit: float = 0.1
-    netcheck_full_report_interval: float = 300.0
+    # --- netcheck (protocols.md §5.2; Tailscale net/netcheck/netcheck.go) ---
+    netcheck_report_timeout: float = 5.0  # ReportTimeout
+    netcheck_stun_probe_timeout: float = 3.0  # stunProbeTimeout
+    netcheck_icmp_probe_timeout: float = 1.0  # icmpProbeTimeout
+    netcheck_initial_retransmit: float = 0.1  # defaultInitialRetransmitTime: full plan, tries at 0, 100, 200 ms
+    netcheck_active_retransmit: float = 0.2  # defaultActiveRetransmitTime: incremental retry spacing, no latency yet
+    netcheck_retry_extra: float = 0.05  # makeProbePlan: + try x 50 ms from the third try on (incremental plan)
+    netcheck_full_report_interval: float = 300.0  # fullReportInterval
+    netcheck_preferred_derp_frame_time: float = 8.0  # PreferredDERPFrameTime: a home heard from this recently works
+    netcheck_preferred_derp_absolute_diff: float = 0.010  # preferredDERPAbsoluteDiff: keep a home within 10 ms
 
     # --- STUN client (RFC 8489 §6.2.1: RTO 500 ms, Rc = 7 requests, Rm = 16) ---
     stun_rto: float = 0.5
     stun_rc: int = 7
     stun_rm: int = 16
+
+    # --- STUN server (natkit's; Tailscale's STUN is UDP only) ---
+    stun_tcp_idle_timeout: float = 40.0  # RFC 8489 §6.2.2: a client gives up on a TCP transaction after Ti = 39.5 s
 
     # --- DERP (protocols.md §2.4) ---
     derp_keepalive: float = 60.0
@@ -51,10 +58,15 @@ class Timing:
     derp_queue_depth: int = 32
     derp_reconnect_min: float = 0.1  # client backoff after a failed dial, doubled up to the max
     derp_reconnect_max: float = 10.0  # magicsock's derp backoff cap (wgengine/magicsock/derp.go)
+    # natkit's relay sends Restarting when it stops (derper only decodes the frame, protocols.md §10):
+    derp_restart_reconnect_in: float = 1.0  # clients dial again after this long ...
+    derp_restart_try_for: float = 30.0  # ... and retry quickly for this long (protocols.md §2.3)
 
     # --- coordination server (natkit's own; issue 4) ---
     control_stream_keepalive: float = 15.0  # an SSE comment line this often keeps proxies and clients awake
     control_long_poll: float = 30.0  # a long poll with nothing new answers after this long
+    control_request_timeout: float = 10.0  # a request (and its answer) must move within this long, both sides
+    control_idle_timeout: float = 60.0  # a kept-alive HTTP connection may idle this long between requests
 
     # --- WireGuard (whitepaper §6, protocols.md §8.5) ---
     rekey_after_messages: int = 2**60
@@ -82,6 +94,17 @@ class Timing:
     def replace(self, **changes: float) -> Timing:
         """A copy with the named values changed; unknown names raise ``TypeError``."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def netcheck_history_max_age(self) -> float:
+        """Reports this old or newer count for the home region: 5 min + 5 s (protocols.md §5.2)."""
+        return self.netcheck_full_report_interval + self.netcheck_report_timeout
+
+    @property
+    def preferred_derp_keepalive_timeout(self) -> float:
+        """``PreferredDERPKeepAliveTimeout`` = 2 x ``derp.KeepAlive`` (120 s): a home with no latency data
+        is kept while DERP frames arrived within this long (protocols.md §5.2)."""
+        return 2 * self.derp_keepalive
 
     @property
     def new_handshake_timeout(self) -> float:

@@ -1,5 +1,5 @@
 """Pure DERP client policies: home-region choice (protocols.md §5.2), idle cleanup and the magic address
-(§4), the reconnect backoff and the send token bucket (§2.3)."""
+(§4) and the reconnect backoff (§2.3); the send token bucket is tests/sansio/test_tokenbucket.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolkit.codec.derpmap import DERPMap, DERPNode, DERPRegion
-from toolkit.sansio.derpbackoff import ReconnectBackoff, TokenBucket
+from toolkit.sansio.derpbackoff import ReconnectBackoff
 from toolkit.sansio.derphome import derp_magic_endpoint, pick_home, region_of, stale_regions
 from toolkit.timing import DEFAULT
 from toolkit.types import Endpoint
@@ -109,15 +109,3 @@ def test_backoff_stays_within_bounds(draws: list[float]) -> None:
     for u in draws:
         d = b.next_delay(0.0, u)
         assert DEFAULT.derp_reconnect_min * 0.5 <= d <= DEFAULT.derp_reconnect_max
-
-
-def test_token_bucket_like_go_rate_limiter() -> None:
-    bucket = TokenBucket(rate=100, burst=50)
-    assert bucket.allow(50, 0.0)  # starts full
-    assert not bucket.allow(1, 0.0)
-    assert bucket.allow(10, 0.1)  # refilled 10
-    assert not bucket.allow(51, 100.0)  # never more than the burst
-    assert bucket.allow(50, 100.0)
-    with pytest.raises(ValueError, match="rate > 0"):
-        TokenBucket(rate=0, burst=10)
-    assert not TokenBucket(rate=10, burst=0).allow(1, 5.0)  # Go: burst 0 lets nothing through

@@ -22,8 +22,9 @@ from toolkit.codec.stun import (
 # isort: on
 # fmt: on
 from toolkit.errors import UsageError
-from toolkit.sansio.stunserver import COOKIE, DROP_REASONS, Reply, StunServerCore, decode_classic, rfc5780_pair
+from toolkit.sansio.stunserver import COOKIE, DROP_REASONS, Reply, StunServerCore, rfc5780_pair
 from toolkit.sansio.trace import TraceLog
+from toolkit.timing import DEFAULT
 from toolkit.types import Endpoint, TxID
 
 E = Endpoint.parse
@@ -273,7 +274,7 @@ def test_rfc5780_pair_needs_two_ips_and_two_ports_of_one_family() -> None:
 def test_classic_request_gets_mapped_source_and_changed_address() -> None:
     reply = one(rfc5780().handle(STUND_TEST1, CLIENT, A))
     assert reply.data[4:20] == STUND_TEST1[4:20] and reply.data[:2] == b"\x01\x01"
-    txid16, msg = decode_classic(reply.data)
+    txid16, msg = stun.decode_classic(reply.data)
     assert txid16 == STUND_TEST1[4:20]
     assert msg.attributes == (MappedAddress(CLIENT), SourceAddress(A), ChangedAddress(B))
 
@@ -282,16 +283,16 @@ def test_classic_change_ip_and_port_in_rfc5780_mode() -> None:
     req = STUND_TEST1[:-1] + b"\x06"
     reply = one(rfc5780().handle(req, CLIENT, A))
     assert reply.from_local == B
-    assert decode_classic(reply.data)[1].get(SourceAddress) == SourceAddress(B)
+    assert stun.decode_classic(reply.data)[1].get(SourceAddress) == SourceAddress(B)
 
 
 def test_classic_requests_on_a_basic_server() -> None:
     plain = STUND_TEST1[:2] + b"\x00\x00" + STUND_TEST1[4:20]
-    _, msg = decode_classic(one(basic().handle(plain, CLIENT, A)).data)
+    _, msg = stun.decode_classic(one(basic().handle(plain, CLIENT, A)).data)
     assert msg.attributes == (MappedAddress(CLIENT), SourceAddress(A))
     err = one(basic().handle(STUND_TEST1, CLIENT, A)).data
     assert err[:2] == b"\x01\x11" and err[4:20] == STUND_TEST1[4:20]
-    _, msg = decode_classic(err)
+    _, msg = stun.decode_classic(err)
     # RFC 3489 §11.2.10: an even number of types (one repeated); §11.2.9: the reason padded to 4 bytes
     assert error_code(msg) == 420 and msg.get(UnknownAttributes) == UnknownAttributes((3, 3))
     assert len((msg.get(ErrorCode) or ErrorCode(400)).reason) % 4 == 0
@@ -309,7 +310,7 @@ def test_stream_frames_messages_by_their_header_length() -> None:
     req = stun.binding_request(TxID(b"z" * 12), software="split")
     got = [r for i in range(len(req)) for r in stream.receive_data(req[i : i + 1], 2.0)]
     assert len(got) == 1 and stun.decode(got[0].data).txid == TxID(b"z" * 12)
-    assert stream.close_reason is None and stream.get_timer() == 2.0 + core.tcp_idle_timeout
+    assert stream.close_reason is None and stream.get_timer() == 2.0 + core.timing.stun_tcp_idle_timeout
 
 
 @pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\n", b"\x00\x01\x00\x08\x01\x02\x03\x04", b"\x00\x01\x00\x06"])
@@ -323,7 +324,7 @@ def test_stream_garbage_closes_the_connection(garbage: bytes) -> None:
 
 
 def test_stream_closes_when_idle() -> None:
-    core = StunServerCore(A, tcp_idle_timeout=5.0)
+    core = StunServerCore(A, timing=DEFAULT.replace(stun_tcp_idle_timeout=5.0))
     stream = core.open_stream(CLIENT, A, now=10.0)
     stream.handle_timer(14.9)
     assert stream.close_reason is None
@@ -357,7 +358,7 @@ def assert_well_formed(core: StunServerCore, request: bytes, local: Endpoint, re
             assert stun.verify_fingerprint(reply.data) in (None, True)
             assert msg.txid.raw == request[8:20] and request[4:8] == COOKIE
         else:
-            txid16, msg = decode_classic(reply.data)
+            txid16, msg = stun.decode_classic(reply.data)
             assert txid16 == request[4:20]
         assert msg.msg_class in (Class.SUCCESS, Class.ERROR)
         assert reply.from_local in core.local_endpoints or (core.alternate is None and reply.from_local == local)

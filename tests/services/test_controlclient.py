@@ -196,7 +196,7 @@ def test_a_server_that_forgot_the_node_gets_it_registered_again() -> None:
 
 def test_the_kept_alive_connection_is_reopened_when_the_server_closed_it() -> None:
     async def scenario() -> None:
-        async with serving(idle_timeout=0.2) as server:
+        async with serving(timing=FAST.replace(control_idle_timeout=0.2)) as server:
             alice = client(server.url, 1)
             await alice.register()
             await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile

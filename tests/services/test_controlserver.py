@@ -242,7 +242,7 @@ def test_expect_100_continue_gets_the_interim_answer() -> None:
 
 def test_slow_loris_is_cut_off_without_hurting_others() -> None:
     async def scenario() -> None:
-        async with serving(request_timeout=0.5) as server:
+        async with serving(timing=FAST.replace(control_request_timeout=0.5)) as server:
             slow = await Conn.open(server)
             started = time.monotonic()
 
@@ -273,7 +273,7 @@ def test_slow_loris_is_cut_off_without_hurting_others() -> None:
 
 def test_silent_and_idle_connections_are_closed() -> None:
     async def scenario() -> None:
-        async with serving(request_timeout=0.3, idle_timeout=0.8) as server:
+        async with serving(timing=FAST.replace(control_request_timeout=0.3, control_idle_timeout=0.8)) as server:
             silent = await Conn.open(server)
             started = time.monotonic()
             assert await asyncio.wait_for(silent.reader.read(), 3) == b""  # never said a word

@@ -27,8 +27,9 @@ from tests.support import ROOT, free_udp_port, natkit_service, require_tool
 from toolkit.codec import stun
 from toolkit.codec.stun import Class, OtherAddress, ResponseOrigin
 from toolkit.errors import UsageError
-from toolkit.sansio.stunserver import COOKIE, decode_classic
+from toolkit.sansio.stunserver import COOKIE
 from toolkit.services.stunserver import StunServer
+from toolkit.timing import DEFAULT
 from toolkit.types import Endpoint, TxID
 
 E = Endpoint.parse
@@ -184,7 +185,7 @@ def test_tcp_frames_by_header_length_and_closes_on_garbage() -> None:
 
 def test_tcp_on_ipv6_and_idle_connections_are_closed() -> None:
     async def main() -> None:
-        async with running([E("[::1]:0")], tcp_idle_timeout=0.3) as server:
+        async with running([E("[::1]:0")], timing=DEFAULT.replace(stun_tcp_idle_timeout=0.3)) as server:
             ep = server.endpoints[0]
             reader, writer = await asyncio.open_connection(*ep.as_tuple())
             writer.write(stun.binding_request(txid(4)))
@@ -322,7 +323,7 @@ def test_fuzzed_datagrams_never_crash_the_running_server() -> None:
                     msg, key = stun.decode(reply), reply[8:20]
                     assert stun.verify_fingerprint(reply) in (None, True)
                 else:
-                    key, msg = decode_classic(reply)
+                    key, msg = stun.decode_classic(reply)
                 assert msg.msg_class in (Class.SUCCESS, Class.ERROR) and key in sent
             sock.sendto(stun.tailnode_request(txid(77)), a.as_tuple())
             deadline = time.monotonic() + 3

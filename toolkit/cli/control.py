@@ -1,12 +1,13 @@
 """`natkit control-server`: natkit's coordination server (node registration, netmap streams, SQLite state).
 
 ``natkit control-server --db FILE --authkey KEY [--authkey KEY ...] [--listen HOST:PORT ...]
-[--derp-map FILE]`` serves the API of :mod:`toolkit.sansio.control` over HTTP/1.1 on every
+[--derp-map FILE|URL]`` serves the API of :mod:`toolkit.sansio.control` over HTTP/1.1 on every
 ``--listen`` address (default ``0.0.0.0:8081``; port 0 picks a free port, shown in the start line).
 Nodes register with one of the ``--authkey`` pre-auth keys; everything is kept in the SQLite file
 ``--db`` (created if missing), so a restarted server knows every node, key and address. With
-``--derp-map`` (Tailscale's ``tailcfg.DERPMap`` JSON, see :mod:`toolkit.codec.derpmap`) the server
-hands the map to nodes in every netmap and at ``GET /derpmap``.
+``--derp-map`` (Tailscale's ``tailcfg.DERPMap`` JSON, see :mod:`toolkit.codec.derpmap`; a file, or an
+``http(s)://`` URL as ``natkit netcheck`` takes it) the server hands the map to nodes in every netmap
+and at ``GET /derpmap``.
 
 Try it::
 
@@ -21,13 +22,8 @@ bound is one line on stderr and exit status 2. See :mod:`toolkit.services.contro
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from toolkit.errors import UsageError
-
-if TYPE_CHECKING:
-    from toolkit.codec.derpmap import DERPMap
 
 DEFAULT_LISTEN = "0.0.0.0:8081"
 
@@ -54,26 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="KEY",
         help="a pre-auth key nodes register with, repeatable (at least one required)",
     )
-    p.add_argument("--derp-map", type=Path, metavar="FILE", help="a DERP map (tailcfg.DERPMap JSON) to hand to nodes")
+    p.add_argument("--derp-map", metavar="FILE|URL", help="a DERP map (tailcfg.DERPMap JSON) to hand to nodes")
     p.set_defaults(func=run)
 
 
-def load_derp_map(path: Path) -> DERPMap:
-    """The DERP map in ``path``; :class:`UsageError` naming the file and the problem."""
-    from toolkit.codec.derpmap import DERPMap
-    from toolkit.errors import DecodeError
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--derp-map {path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        return DERPMap.from_json(data)
-    except DecodeError as exc:
-        raise UsageError(f"--derp-map {path}: {exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
+    from toolkit.cli.netcheck import load_derp_map
     from toolkit.services.controlserver import ControlServer
     from toolkit.services.runner import parse_listen, run_service
 
@@ -85,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         if not key or not key.isprintable() or any(c.isspace() for c in key):
             raise UsageError(f"--authkey {key!r}: give a non-empty key without spaces or control characters")
     listen = parse_listen(args.listen, DEFAULT_LISTEN)
-    derp_map = load_derp_map(args.derp_map) if args.derp_map is not None else None
+    derp_map = load_derp_map(args.derp_map, need_regions=False) if args.derp_map is not None else None
     return run_service(ControlServer(listen, args.db, args.authkey, derp_map))

@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def load_derp_map(source: str) -> DERPMap:
-    """The DERP map at ``source`` (a path or an http(s) URL). Raises UsageError, one line."""
+def load_derp_map(source: str, *, need_regions: bool = True) -> DERPMap:
+    """The DERP map at ``source`` (a path or an http(s) URL) for ``--derp-map``; ``natkit control-server``
+    reads its map with this too (``need_regions=False``). Raises UsageError, one line."""
     from toolkit.codec.derpmap import DERPMap
 
     if source.startswith(("http://", "https://")):
@@ -60,7 +61,7 @@ def load_derp_map(source: str) -> DERPMap:
         derp_map = DERPMap.from_json(data)
     except DecodeError as exc:
         raise UsageError(f"--derp-map {source}: {exc}") from None
-    if not derp_map.regions:
+    if need_regions and not derp_map.regions:
         raise UsageError(f"--derp-map {source}: the map has no regions: add at least one under 'Regions'")
     return derp_map
 

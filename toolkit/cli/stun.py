@@ -9,9 +9,10 @@ stun-server) and prints the verdict and, for each test, what was sent from which
 came back.
 
 Both take the RFC 8489 §6.2.1 retransmission knobs ``--rto``, ``--rc`` and ``--rm``. ``stun`` uses
-the RFC values (7 requests, give up after 39.5 s); ``nat-type`` defaults to 4 requests and
-``--rm 4`` (5.5 s), because each test that expects silence waits that long. ``--trace`` prints
-every packet and transition to stderr as it happens.
+the RFC values, ``Timing``'s defaults (7 requests, give up after 39.5 s); ``nat-type`` defaults to 4
+requests and ``--rm 4`` (5.5 s; :data:`NAT_TYPE_RC`, :data:`NAT_TYPE_RM`), because each test that
+expects silence waits that long. That preset is the command's choice, not a protocol timer, so it
+lives here rather than in ``Timing``. ``--trace`` prints every packet and transition to stderr as it happens.
 
 Bad input is one line and exit 2; a server that does not answer is one line and exit 1.
 """
@@ -24,12 +25,18 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import NatkitError, UsageError
+from toolkit.timing import DEFAULT
 
 if TYPE_CHECKING:
     from toolkit.sansio.natreport import Evidence, NatReport
     from toolkit.sansio.trace import Tracer
     from toolkit.timing import Timing
     from toolkit.types import Endpoint
+
+# `natkit nat-type`'s fast preset (RFC 8489 §6.2.1 with RTO 0.5 s): requests at 0, 0.5, 1.5 and 3.5 s, then
+# a last wait of 4 x RTO, so silence is decided after 5.5 s instead of 39.5 s, in each test that expects it.
+NAT_TYPE_RC = 4
+NAT_TYPE_RM = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478); [v6]:port for IPv6")
     p.add_argument("--count", "-c", type=int, default=1, metavar="N", help="queries to send, from one socket")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between queries (default 1)")
-    _common(p, rc=7, rm=16)
+    _common(p, rc=DEFAULT.stun_rc, rm=DEFAULT.stun_rm)
     p.set_defaults(func=run_stun)
 
     n = sub.add_parser(
@@ -56,22 +63,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     n.add_argument(
         "--max-lifetime", type=float, default=60.0, metavar="S", help="longest idle time to try (default 60)"
     )
-    _common(n, rc=4, rm=4)
+    _common(n, rc=NAT_TYPE_RC, rm=NAT_TYPE_RM)
     n.set_defaults(func=run_nat_type)
 
 
 def _common(p: argparse.ArgumentParser, *, rc: int, rm: int) -> None:
     p.add_argument("--local", metavar="ADDR", help="local IP or IP:PORT to send from (default: the route's address)")
     p.add_argument("--format", default="text", choices=("text", "json"), help="output format")
-    p.add_argument("--rto", type=float, default=0.5, metavar="S", help="first retransmission timeout (default 0.5)")
+    rto = DEFAULT.stun_rto
+    p.add_argument(
+        "--rto", type=float, default=rto, metavar="S", help=f"first retransmission timeout (default {rto:g})"
+    )
     p.add_argument("--rc", type=int, default=rc, metavar="N", help=f"requests per transaction (default {rc})")
     p.add_argument("--rm", type=int, default=rm, metavar="N", help=f"last wait, in RTOs (default {rm})")
     p.add_argument("--trace", action="store_true", help="print every packet and transition to stderr")
 
 
 def _timing(args: argparse.Namespace) -> Timing:
-    from toolkit.timing import DEFAULT
-
     if not args.rto > 0:
         raise UsageError(f"--rto {args.rto}: give a positive number of seconds")
     for name in ("rc", "rm"):
@@ -162,10 +170,9 @@ def run_stun(args: argparse.Namespace) -> int:
 
 
 def _sock_endpoint(sock: Any) -> Endpoint:
-    from toolkit.types import Endpoint
+    from toolkit.services.sockets import endpoint_of
 
-    host, port = sock.getsockname()[:2]
-    return Endpoint(ipaddress.ip_address(host.split("%", 1)[0]), port)
+    return endpoint_of(sock.getsockname(), keep_scope=False)
 
 
 def _query_line(mapped: Endpoint, local: Endpoint, rtt: float, sends: int, software: str | None) -> str:

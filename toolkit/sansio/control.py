@@ -2,9 +2,11 @@
 
 Tailscale's control plane is proprietary (headscale is the open analogue); natkit's plays the same
 role: it hands out addresses, tells every node every other node's keys, endpoints and home DERP
-region, and pushes a new netmap whenever any of that changes. The driver (:mod:`toolkit.services.controlserver`) speaks HTTP/1.1 and feeds this core parsed
+region, and pushes a new netmap whenever any of that changes. The driver
+(:mod:`toolkit.services.controlserver`) speaks HTTP/1.1 and feeds this core parsed
 :class:`~toolkit.sansio.control_api.Request` values; the core keeps state in a
-:class:`~toolkit.sansio.control_api.ControlStore` (SQLite on disk, or in memory for the simulator).
+:class:`~toolkit.sansio.control_api.ControlStore` (SQLite on disk, or in memory for the simulator) and
+its open streams and long polls in a :class:`~toolkit.sansio.control_push.NetmapPush`.
 
 API (JSON bodies; field names CamelCase as in Tailscale's ``tailcfg``; every error is
 ``{"error": "what is wrong and how to fix it"}``)::
@@ -45,11 +47,10 @@ Other paths answer 404, other methods 405 (with ``Allow``). Decisions:
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from toolkit import __version__
 from toolkit.codec.derpmap import DERPMap
@@ -58,7 +59,6 @@ from toolkit.sansio.control_api import (
     MAX_ADDRESS_INDEX,
     QUAD_100,
     ROUTES,
-    SSE_KEEPALIVE,
     TRANSITIONS,
     ControlStore,
     NodeRecord,
@@ -71,10 +71,10 @@ from toolkit.sansio.control_api import (
     address_pair,
     error_response,
     sha256_hex,
-    sse_event,
     unique_name,
 )
 from toolkit.sansio.control_netmap import FieldError, NetMap, RegisterBody, UpdateBody, json_object
+from toolkit.sansio.control_push import NetmapOf, NetmapPush
 from toolkit.sansio.trace import TraceKind, Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 
@@ -87,22 +87,6 @@ class _Reject(Exception):
 
 def _reject(status: int, reason: str, message: str, *headers: tuple[str, str]) -> _Reject:
     return _Reject(reason, error_response(status, message, *headers))
-
-
-@dataclass(slots=True)
-class _Stream:
-    node_id: int
-    keepalive_at: float
-    sent_version: int = -1
-    out: bytearray = field(default_factory=bytearray)
-
-
-@dataclass(slots=True)
-class _Poll:
-    node_id: int
-    since: int
-    deadline: float
-    expired: bool = False
 
 
 class ControlCore:
@@ -127,10 +111,8 @@ class ControlCore:
         for key_hash in sorted(self._authkeys):
             store.add_authkey(key_hash, epoch)
         self._version = store.counter("version")
-        self._streams: dict[int, _Stream] = {}
-        self._polls: dict[int, _Poll] = {}
+        self._push = NetmapPush(timing)
         self._online: Counter[int] = Counter()
-        self._next_id = 1
         self.counters: Counter[str] = Counter()
 
     # --- introspection ----------------------------------------------------------------------------
@@ -181,59 +163,44 @@ class ControlCore:
 
     def close_stream(self, stream_id: int, now: float) -> None:
         """The driver lost or closed a stream's connection."""
-        stream = self._streams.pop(stream_id, None)
-        if stream is None:
+        node_id = self._push.close_stream(stream_id)
+        if node_id is None:
             return
-        self._online[stream.node_id] -= 1
-        if self._online[stream.node_id] <= 0:
-            del self._online[stream.node_id]
-            self._touch(stream.node_id, now)
-            self._transition(stream.node_id, NodeState.ONLINE, "last stream closed", now)
+        self._online[node_id] -= 1
+        if self._online[node_id] <= 0:
+            del self._online[node_id]
+            self._touch(node_id, now)
+            self._transition(node_id, NodeState.ONLINE, "last stream closed", now)
             self._bump()
 
     def cancel_poll(self, poll_id: int) -> None:
-        self._polls.pop(poll_id, None)
+        self._push.cancel_poll(poll_id)
 
     def handle_timer(self, now: float) -> None:
-        for stream in self._streams.values():
-            if stream.keepalive_at <= now:
-                stream.out += SSE_KEEPALIVE
-                stream.keepalive_at = now + self.timing.control_stream_keepalive
-        for poll in self._polls.values():
-            if poll.deadline <= now:
-                poll.expired = True
+        self._push.handle_timer(now)
 
     # --- outputs ----------------------------------------------------------------------------------
     def get_timer(self) -> float | None:
-        times = [s.keepalive_at for s in self._streams.values()]
-        times += [p.deadline for p in self._polls.values() if not p.expired]
-        return min(times, default=None)
+        return self._push.get_timer()
 
     def stream_writes(self) -> list[tuple[int, bytes]]:
         """Bytes to write to each open stream: a netmap event when the version moved, keepalives."""
-        nodes: list[NodeRecord] | None = None
-        out: list[tuple[int, bytes]] = []
-        for stream_id, stream in self._streams.items():
-            if stream.sent_version < self._version:
-                nodes = self.store.nodes() if nodes is None else nodes
-                data = json.dumps(self.netmap(stream.node_id, nodes).to_obj(), separators=(",", ":"))
-                stream.out += sse_event("netmap", data)
-                stream.sent_version = self._version
-            if stream.out:
-                out.append((stream_id, bytes(stream.out)))
-                stream.out.clear()
-        return out
+        return self._push.stream_writes(self._version, self._netmaps())
 
     def poll_answers(self) -> list[tuple[int, Response]]:
         """Long polls that can be answered now: the version is no longer ``since``, or time ran out."""
+        return self._push.poll_answers(self._version, self._netmaps())
+
+    def _netmaps(self) -> NetmapOf:
+        """Netmaps of the store as it is now, read from it once (at the first netmap asked for)."""
         nodes: list[NodeRecord] | None = None
-        out: list[tuple[int, Response]] = []
-        for poll_id, poll in list(self._polls.items()):
-            if poll.expired or self._version != poll.since:  # since > version: a client of an older database
-                nodes = self.store.nodes() if nodes is None else nodes
-                out.append((poll_id, Response(200, self.netmap(poll.node_id, nodes).to_obj())))
-                del self._polls[poll_id]
-        return out
+
+        def netmap_of(node_id: int) -> NetMap:
+            nonlocal nodes
+            nodes = self.store.nodes() if nodes is None else nodes
+            return self.netmap(node_id, nodes)
+
+        return netmap_of
 
     # --- handlers ---------------------------------------------------------------------------------
     def _info(self, request: Request, now: float, node: NodeRecord | None) -> Response:
@@ -321,23 +288,16 @@ class ControlCore:
             raise _reject(400, "bad-query", "query 'since': not a version number (give the last netmap's Version)")
         if int(since_text) != self._version:  # newer already (or a client of another database): at once
             return Response(200, self.netmap(node.id).to_obj())
-        poll_id = self._new_id()
-        self._polls[poll_id] = _Poll(node.id, int(since_text), now + self.timing.control_long_poll)
-        return PollPending(poll_id, node.id)
+        return PollPending(self._push.add_poll(node.id, int(since_text), now), node.id)
 
     # --- helpers ----------------------------------------------------------------------------------
     def _open_stream(self, node_id: int, now: float) -> StreamOpened:
-        stream_id = self._new_id()
-        self._streams[stream_id] = _Stream(node_id, now + self.timing.control_stream_keepalive)
+        stream_id = self._push.open_stream(node_id, now)
         self._online[node_id] += 1
         if self._online[node_id] == 1:
             self._transition(node_id, NodeState.OFFLINE, "stream opened", now)
             self._bump()
         return StreamOpened(stream_id, node_id)
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
 
     def _authenticate(self, request: Request, now: float) -> NodeRecord:
         token = request.bearer()

@@ -1,11 +1,4 @@
-"""Two small policies of a DERP client: the send token bucket and the reconnect backoff.
-
-:class:`TokenBucket` is the client-side send limit a server may announce in ServerInfo
-(``TokenBucketBytesPerSecond``/``TokenBucketBytesBurst``, protocols.md §2.3). It behaves like the
-``golang.org/x/time/rate`` limiter Tailscale's ``derp.Client`` uses: it starts full (``burst``
-bytes), refills at ``rate`` bytes per second up to ``burst``, and a frame that does not fit is
-dropped, never delayed. Each frame costs its whole size (5-byte header, 32-byte key, packet). As in
-Go, a burst of 0 with a non-zero rate lets nothing through.
+"""A DERP client's reconnect backoff (its send limit is :class:`~toolkit.sansio.tokenbucket.TokenBucket`).
 
 :class:`ReconnectBackoff` says how long to wait before dialing again after a connection broke or a
 dial failed. Without a hint it backs off exponentially, ``derp_reconnect_min`` doubling up to
@@ -22,36 +15,6 @@ the caller (design.md §2).
 from __future__ import annotations
 
 from toolkit.timing import Timing
-
-
-class TokenBucket:
-    """A byte budget refilled at ``rate`` bytes/s up to ``burst`` bytes; starts full."""
-
-    __slots__ = ("_last", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        if rate <= 0 or burst < 0:
-            raise ValueError(f"token bucket needs rate > 0 and burst >= 0, got rate={rate} burst={burst}")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self._tokens = float(burst)
-        self._last: float | None = None
-
-    @property
-    def tokens(self) -> float:
-        """Bytes allowed right now (as of the last :meth:`allow`)."""
-        return self._tokens
-
-    def allow(self, n: int, now: float) -> bool:
-        """Spend ``n`` bytes at ``now`` if the bucket holds them; False (nothing spent) otherwise."""
-        if self._last is not None and now > self._last:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        if self._last is None or now > self._last:
-            self._last = now
-        if n > self._tokens:
-            return False
-        self._tokens -= n
-        return True
 
 
 class ReconnectBackoff:
@@ -95,4 +58,4 @@ class ReconnectBackoff:
         return min(self.maximum, base * (0.5 + u))
 
 
-__all__ = ["ReconnectBackoff", "TokenBucket"]
+__all__ = ["ReconnectBackoff"]

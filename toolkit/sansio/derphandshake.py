@@ -32,8 +32,8 @@ from toolkit.codec import derp
 from toolkit.crypto.derp import open_server_info, seal_client_info
 from toolkit.crypto.keys import public_key
 from toolkit.errors import CryptoError, DecodeError
-from toolkit.sansio.derpbackoff import TokenBucket
 from toolkit.sansio.derpevents import Closed, Connected, DerpEvent
+from toolkit.sansio.tokenbucket import TokenBucket
 from toolkit.sansio.trace import TraceKind, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import NodePrivateKey, NodePublicKey

@@ -42,7 +42,10 @@ Behaviour, and where it departs from Tailscale:
   counted ``rate_limited``; Tailscale instead waits, which slows the client down through TCP.
 * KeepAlive every ``derp_keepalive`` + a per-connection jitter below ``derp_keepalive_jitter``.
   :meth:`~DerpServerCore.set_health` sends Health to every client; :meth:`~DerpServerCore.shutdown`
-  sends Restarting to every client and closes all connections.
+  sends Restarting (``Timing.derp_restart_reconnect_in`` 1 s, ``derp_restart_try_for`` 30 s) to every
+  client and closes all connections. derper has no such step (protocols.md §10); it is natkit's.
+* The send rate limit and the PeerGone pacing are :class:`~toolkit.sansio.tokenbucket.TokenBucket` s,
+  the same bucket the client keeps.
 * Bad input never raises: it is dropped or closes its own connection (counted in ``dropped`` and
   ``closed`` by reason), and is traced.
 """
@@ -71,13 +74,13 @@ from toolkit.sansio.derpserver_conn import (
     DerpServerEvent,
     HttpAnswer,
     State,
-    TokenBucket,
     answer_request,
     bad_request,
     looks_like_request,
     timer_live,
 )
 from toolkit.sansio.derpserver_frames import FrameHandlers
+from toolkit.sansio.tokenbucket import TokenBucket
 from toolkit.sansio.trace import TraceKind, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, NodePrivateKey
@@ -215,8 +218,12 @@ class DerpServerCore(FrameHandlers):
             if c.state is State.CONNECTED:
                 self._send_frame(c, frame, now)
 
-    def shutdown(self, now: float, reconnect_in: float = 1.0, try_for: float = 30.0) -> None:
-        """Send Restarting(reconnect_in, try_for) to every client and close every connection."""
+    def shutdown(self, now: float, reconnect_in: float | None = None, try_for: float | None = None) -> None:
+        """Send Restarting(reconnect_in, try_for) to every client and close every connection; the two
+        default to ``Timing.derp_restart_reconnect_in`` (1 s) and ``derp_restart_try_for`` (30 s)."""
+        t = self.timing
+        reconnect_in = t.derp_restart_reconnect_in if reconnect_in is None else reconnect_in
+        try_for = t.derp_restart_try_for if try_for is None else try_for
         frame = derp.Restarting(round(reconnect_in * 1000), round(try_for * 1000))
         for c in list(self._conns.values()):
             if c.state is State.CONNECTED:

@@ -23,6 +23,7 @@ from enum import Enum
 from types import MappingProxyType
 
 from toolkit.codec.derp import KEY_LEN, MAX_HTTP_HEAD, MAX_PACKET_SIZE, UpgradeRequest, http_response, upgrade_response
+from toolkit.sansio.tokenbucket import TokenBucket
 from toolkit.types import Endpoint, NodePublicKey
 
 ConnId = Hashable  # opaque: whatever the driver (or the simulator) names its connections with
@@ -157,27 +158,6 @@ class ClientView:
     connected_at: float
 
 
-class TokenBucket:
-    """``rate`` tokens/s up to ``burst``, starting full; :meth:`allow` spends ``n`` if they are there."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def allow(self, n: float, now: float) -> bool:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if n > self.tokens:
-            return False
-        self.tokens -= n
-        return True
-
-
 @dataclass(eq=False, slots=True)
 class Conn:
     """One connection's mutable state inside the core (private to the core; see :class:`ClientView`)."""
@@ -309,7 +289,6 @@ __all__ = [
     "DerpServerEvent",
     "HttpAnswer",
     "State",
-    "TokenBucket",
     "answer_request",
     "bad_request",
     "looks_like_request",

@@ -24,52 +24,32 @@ the socket's name. Each request is a :class:`~toolkit.sansio.stunclient.StunTran
 * Mapping lifetime (§4.6), optional: sockets ``lifetime-1..N`` each open a binding at once; binding
   i is left idle for the i-th wait of a geometric ladder (``lifetime_start`` x ``lifetime_step``^k up
   to ``max_lifetime``), then ``lifetime-probe`` asks the server to answer to its mapped port
-  (RESPONSE-PORT); an answer on ``lifetime-i`` means it survived. Each binding is probed once (an
-  answer refreshes it); the ladder runs in parallel, as §4.6 allows, and stops at the first expired
-  binding. Idle times run from the binding's answer to the probe's send (the one really measured,
-  also when the driver woke late); the NAT sees the probe's answer about one round trip later.
+  (RESPONSE-PORT); an answer on ``lifetime-i`` means it survived. The ladder is the base class
+  :class:`~toolkit.sansio.natlifetime.LifetimeLadder`, whose docstring has the details.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # fmt: off
 # isort: off
 from toolkit.codec import stun
 from toolkit.sansio.natgraph import (
-    ANSWERED, BEHIND_NAT, ERROR, EXPIRED, HAIRPINNED, NEW, NO_ANSWER, NO_BINDING, NO_NAT, NOT_5780, OUTLIVED, SAME,
-    STARTED, TRANSITIONS, WRONG_SOURCE, Edge, State,
+    ANSWERED, BEHIND_NAT, ERROR, HAIRPINNED, NEW, NO_ANSWER, NO_NAT, NOT_5780, SAME, STARTED, TRANSITIONS,
+    WRONG_SOURCE, Edge, State,
 )
 # isort: on
 # fmt: on
+from toolkit.sansio.natlifetime import Binding, LifetimeLadder, lifetime_waits
 from toolkit.sansio.natreport import Behavior, NatReport
-from toolkit.sansio.stunprobes import Outgoing, Probe, ProbeRunner
+from toolkit.sansio.stunprobes import Outgoing, Probe
 from toolkit.sansio.trace import Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
-MAPPING, FILTERING, HAIRPIN, PROBE = "mapping", "filtering", "hairpin", "lifetime-probe"
-
-
-@dataclass(slots=True)
-class _Binding:
-    """A lifetime-ladder binding: opened at once, probed after ``wait`` seconds idle.
-
-    ``idle`` is the idle time the probe really tested: from the binding's answer to the probe's
-    first send (a driver that wakes late makes it longer than ``wait``); results use it."""
-
-    socket: str
-    wait: float
-    mapped: Endpoint | None = None
-    opened_at: float = 0.0
-    probe_at: float | None = None
-    idle: float = 0.0
-    alive: bool | None = None
-    settled: bool = False
-    opener: Probe | None = field(default=None, repr=False)  # the request that opens the binding
-    probe: Probe | None = field(default=None, repr=False)  # the RESPONSE-PORT probe
+MAPPING, FILTERING, HAIRPIN = "mapping", "filtering", "hairpin"
 
 
 @dataclass(slots=True)
@@ -79,23 +59,9 @@ class _Findings:
     mapping: Behavior | None = None
     filtering: Behavior | None = None
     hairpinning: bool | None = None
-    lifetime_min: float | None = None
-    lifetime_max: float | None = None
 
 
-def lifetime_waits(start: float, step: float, maximum: float) -> tuple[float, ...]:
-    """The ladder of idle times: ``start``, ``start*step``, ... and ``maximum`` last."""
-    if not 0 < start <= maximum or step <= 1:
-        raise ValueError(f"lifetime ladder needs 0 < start <= maximum and step > 1 (got {start}, {step}, {maximum})")
-    waits: list[float] = []
-    t = start
-    while t < maximum - 1e-9:
-        waits.append(round(t, 3))
-        t *= step
-    return (*waits, maximum)
-
-
-class NatBehaviorDiscovery(ProbeRunner):
+class NatBehaviorDiscovery(LifetimeLadder):
     """RFC 5780 §4 discovery against the STUN server at ``server`` (its primary address).
 
     ``rng(n)`` returns n random bytes (transaction ids). Call :meth:`start`, then feed datagrams
@@ -119,15 +85,13 @@ class NatBehaviorDiscovery(ProbeRunner):
         tracer: Tracer | None = None,
         node: str = "nat-type",
     ) -> None:
-        super().__init__(rng=rng, timing=timing, software=software, tracer=tracer, node=node)
+        waits = lifetime_waits(lifetime_start, lifetime_step, max_lifetime) if lifetime else ()
+        super().__init__(waits=waits, rng=rng, timing=timing, software=software, tracer=tracer, node=node)
         self.server = server
         self.state = State.START
         self.path: list[Edge] = []
         self.report: NatReport | None = None
         self._hairpin, self._lifetime = hairpin, lifetime
-        self._waits = lifetime_waits(lifetime_start, lifetime_step, max_lifetime) if lifetime else ()
-        self._notes: list[str] = []
-        self._bindings: list[_Binding] = []
         self._mapped: list[Endpoint | None] = []  # the mapped address of mapping tests I, II, III
         self._other: Endpoint | None = None
         self._server_software: str | None = None
@@ -146,7 +110,7 @@ class NatBehaviorDiscovery(ProbeRunner):
     # --- test I, mapping (RFC 5780 §4.3) -------------------------------------------------------------
 
     def _finished(self, probe: Probe, now: float) -> None:
-        if isinstance(probe.tag, _Binding):
+        if isinstance(probe.tag, Binding):
             self._on_lifetime(probe, probe.tag, now)
         elif self.state is State.TEST_I:
             self._on_test_i(probe, now)
@@ -286,88 +250,13 @@ class NatBehaviorDiscovery(ProbeRunner):
         else:
             self._finish_run(label, now)
 
-    # --- mapping lifetime (RFC 5780 §4.6) ----------------------------------------------------------
-
-    def _begin_lifetime(self, now: float) -> None:
-        for i, wait in enumerate(self._waits, 1):
-            binding = _Binding(f"lifetime-{i}", wait)
-            self._bindings.append(binding)
-            binding.opener = self._begin(f"lifetime binding {i}", binding.socket, self.server, now, tag=binding)
-
-    def _extra_timer(self) -> float | None:
-        due = [b.probe_at for b in self._bindings if b.probe_at is not None and b.probe is None and not b.settled]
-        return min(due) if due else None
-
-    def _timer_due(self, now: float) -> None:
-        for i, b in enumerate(self._bindings, 1):
-            if b.probe_at is not None and b.probe_at <= now and b.probe is None and not b.settled:
-                assert b.mapped is not None
-                name = f"lifetime probe {i} after {b.wait:g} s"
-                b.idle = round(now - b.opened_at, 3)
-                port = b.mapped.port  # the server answers to (source IP of the probe, this port)
-                b.probe = self._begin(name, PROBE, self.server, now, response_port=port, answer_socket=b.socket, tag=b)
-
-    def _on_lifetime(self, probe: Probe, binding: _Binding, now: float) -> None:
-        r, failed = probe.txn.result, probe.txn.failed
-        if probe is binding.opener:
-            if r is None:
-                self._record(probe, "no binding: the request was not answered")
-                binding.settled = True
-            else:
-                binding.mapped, binding.opened_at = r.mapped, now
-                binding.probe_at = now + binding.wait
-                self._record(probe, f"binding open; probe after {binding.wait:g} s idle")
-        else:
-            binding.settled = True
-            if r is not None and probe.answered_on != binding.socket:
-                failed, r = None, None  # answered to the probe's own port
-                self._notes.append("the server ignored RESPONSE-PORT: lifetime unknown")
-            if r is not None:
-                binding.alive = True
-                self._record(probe, f"the binding was alive after {binding.idle:g} s idle", wait=binding.idle)
-            elif failed is not None and failed.kind == "timeout":
-                binding.alive = False
-                self._record(probe, f"the binding was gone after {binding.idle:g} s idle", wait=binding.idle)
-                self._cancel_longer(binding.wait)
-            else:
-                self._record(probe, "the server refused or ignored RESPONSE-PORT", wait=binding.idle)
-                if failed is not None:
-                    self._notes.append(f"the server refused RESPONSE-PORT ({failed.describe()}): lifetime unknown")
-                self._cancel_longer(-1.0)
-                self._finish_lifetime(ERROR, now)
-                return
-        if all(b.settled for b in self._bindings):
-            self._finish_lifetime(None, now)
-
-    def _cancel_longer(self, wait: float) -> None:
-        """Stop every binding that waits longer than ``wait``: it would expire too."""
-        for b in self._bindings:
-            if b.wait > wait and not b.settled:
-                b.settled = True
-                if b.probe is not None and self._cancel(b.probe):
-                    self._record(
-                        b.probe, "not needed: a shorter wait already expired", outcome="cancelled", wait=b.idle
-                    )
-                elif b.opener is not None:
-                    self._cancel(b.opener)
-
-    def _finish_lifetime(self, label: str | None, now: float) -> None:
-        alive = [b.idle for b in self._bindings if b.alive is True]
-        dead = [b.idle for b in self._bindings if b.alive is False]
-        self._found.lifetime_min = max(alive) if alive else None
-        self._found.lifetime_max = min(dead) if dead else None
-        if alive and dead and max(alive) > min(dead):
-            self._notes.append("a binding outlived a shorter-lived one: the NAT's timer is not exact")
-        if label is None:
-            label = EXPIRED if dead else OUTLIVED if alive else NO_BINDING
-        self._finish_run(label, now)
-
     # --- bookkeeping ---------------------------------------------------------------------------------
 
     def _finish_run(self, label: str, now: float) -> None:
         self._move(label, State.DONE, now)
         self._cancel_all()
         f = self._found
+        lifetime_min, lifetime_max = self.lifetime_bounds()
         self.report = NatReport(
             server=self.server,
             local=self.locals.get(MAPPING),
@@ -380,8 +269,8 @@ class NatBehaviorDiscovery(ProbeRunner):
             filtering=f.filtering,
             hairpinning=f.hairpinning,
             lifetime_tested=self._lifetime and bool(self._bindings),
-            lifetime_min=f.lifetime_min,
-            lifetime_max=f.lifetime_max,
+            lifetime_min=lifetime_min,
+            lifetime_max=lifetime_max,
             notes=tuple(self._notes),
             tests=tuple(self.evidence),
             path=tuple((e.source.value, e.label, e.target.value) for e in self.path),

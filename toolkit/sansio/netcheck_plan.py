@@ -35,13 +35,11 @@ from toolkit.sansio.netcheck_report import Report
 from toolkit.timing import Timing
 from toolkit.types import Endpoint, IPAddress
 
-# Tailscale's constants that are not timers natkit's Timing names (yet): net/netcheck/netcheck.go
-ACTIVE_RETRANSMIT = 0.2  # defaultActiveRetransmitTime: retry spacing without an earlier latency
-RETRY_EXTRA = 0.05  # the 50 ms added per try from the third try on (incremental plan)
+# Tailscale's counts (net/netcheck/netcheck.go). Its timers and latency thresholds are Timing's
+# netcheck_active_retransmit, netcheck_retry_extra and netcheck_preferred_derp_*; the 2/3 ratio of the home
+# rule is not a duration (Timing.scaled would stretch it) and stays in pick_preferred_derp.
 INCREMENTAL_REGIONS = 3  # numIncrementalRegions
 INITIAL_TRIES = 3  # tries per region and family in the initial/full plan
-PREFERRED_DERP_ABSOLUTE_DIFF = 0.010  # preferredDERPAbsoluteDiff: keep the old home if within 10 ms
-PREFERRED_DERP_FRAME_TIME = 8.0  # PreferredDERPFrameTime: a DERP frame this recent means "still working"
 
 LastDERPActivity = Callable[[int], float | None]
 
@@ -141,14 +139,14 @@ def make_probe_plan(
             tries = 4  # try extra hard on the home region so it does not flip-flop
             plan_has_home = True
         # cmp.Or(1.2 × last latency, 200 ms): the first that is not zero (protocols.md §5.2 says max; the code does not)
-        spacing = 1.2 * last.region_latency.get(region.region_id, 0.0) or ACTIVE_RETRANSMIT
+        spacing = 1.2 * last.region_latency.get(region.region_id, 0.0) or timing.netcheck_active_retransmit
         for attempt in range(tries):
             if not region.nodes:
                 continue
             if attempt != 0 and not had6:
                 do6 = False
             node = region.nodes[attempt % len(region.nodes)]
-            delay = attempt * spacing + (attempt * RETRY_EXTRA if attempt > 1 else 0.0)
+            delay = attempt * spacing + (attempt * timing.netcheck_retry_extra if attempt > 1 else 0.0)
             for family, wanted in ((4, do4), (6, do6)):
                 if wanted:
                     _add(plan, region, node, family, delay, res)
@@ -220,8 +218,7 @@ def pick_preferred_derp(
     full-report interval + report timeout are ignored. ``previous_home`` is the last report's home.
     ``last_derp_activity(region)`` is when a DERP frame last arrived from that region, or None.
     """
-    keep_for = timing.netcheck_full_report_interval + timing.netcheck_report_timeout
-    recent = [r for r in history if now - r.at <= keep_for] + [report]
+    recent = [r for r in history if now - r.at <= timing.netcheck_history_max_age] + [report]
     best_recent: dict[int, float] = {}
     for r in recent:
         for rid, d in r.region_latency.items():
@@ -245,23 +242,21 @@ def pick_preferred_derp(
     old_ok = previous_home != 0 and can_be_home(derp_map, previous_home)
     heard_at = last_derp_activity(previous_home) if (last_derp_activity and old_ok) else None
     if old_ok and home != previous_home:
-        heard_recently = heard_at is not None and (heard_at > started or heard_at > now - PREFERRED_DERP_FRAME_TIME)
+        frame_time = timing.netcheck_preferred_derp_frame_time
+        heard_recently = heard_at is not None and (heard_at > started or heard_at > now - frame_time)
         if old_latency > 0 or heard_recently:  # the old home still works
             # keep it when the new one is not much better: < 10 ms faster, or faster by less than a third
-            if old_latency - best_any < PREFERRED_DERP_ABSOLUTE_DIFF or best_any > old_latency / 3 * 2:
+            close = old_latency - best_any < timing.netcheck_preferred_derp_absolute_diff
+            if close or best_any > old_latency / 3 * 2:
                 home = previous_home
-    if home == 0 and heard_at is not None and heard_at > now - 2 * timing.derp_keepalive:
+    if home == 0 and heard_at is not None and heard_at > now - timing.preferred_derp_keepalive_timeout:
         home = previous_home  # no latency at all, but the DERP connection is alive (PreferredDERPKeepAliveTimeout)
     return home
 
 
 __all__ = [
-    "ACTIVE_RETRANSMIT",
     "INCREMENTAL_REGIONS",
     "INITIAL_TRIES",
-    "PREFERRED_DERP_ABSOLUTE_DIFF",
-    "PREFERRED_DERP_FRAME_TIME",
-    "RETRY_EXTRA",
     "LastDERPActivity",
     "Probe",
     "can_be_home",

@@ -24,12 +24,12 @@ the :class:`Reply` values it returns. Decisions:
 * Classic RFC 3489 requests (bytes 4..8 are not the cookie; the 16-byte transaction id is echoed):
   MAPPED-ADDRESS and SOURCE-ADDRESS, plus CHANGED-ADDRESS in RFC 5780 mode; no XOR attributes,
   SOFTWARE or FINGERPRINT. RESPONSE-ADDRESS (a reflection tool RFC 5389 removed) gets 420. The codec
-  needs the cookie, so :func:`decode_classic` and the encoder swap it in and out (plain address
-  attributes do not depend on those 4 bytes).
+  reads and writes them (:func:`toolkit.codec.stun.decode_classic`, :func:`~toolkit.codec.stun.encode_classic`).
 * FINGERPRINT goes into a response when the request had one; SOFTWARE (``software``) into every
   non-classic, non-Tailscale response. USERNAME, MESSAGE-INTEGRITY(-SHA256), USERHASH, REALM, NONCE,
   PRIORITY and USE-CANDIDATE are understood and ignored: no authentication here (RFC 8489 §9: the
   usage decides; a public STUN server uses none). Attributes after MESSAGE-INTEGRITY are ignored (§14.5).
+* Over TCP a connection idle for ``Timing.stun_tcp_idle_timeout`` (40 s) is closed (:class:`StunStream`).
 * A request whose framing is fine but an attribute value is not gets 400. Anything else that is not a
   well-formed request is dropped, counted as ``dropped:<reason>`` (:data:`DROP_REASONS`) and traced,
   never raised: indications (Binding keepalives), responses, bad FINGERPRINT, garbage.
@@ -53,8 +53,10 @@ from toolkit.codec.stun import (
 )
 # isort: on
 # fmt: on
-from toolkit.errors import DecodeError, TruncatedError, UsageError
+from toolkit.errors import DecodeError, UsageError
+from toolkit.sansio.stunstream import StunStream
 from toolkit.sansio.trace import TraceKind, Tracer, TraceRecord
+from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, TxID
 
 Transport = Literal["udp", "tcp"]
@@ -62,7 +64,6 @@ Mode = Literal["basic", "rfc5780"]
 _A = TypeVar("_A", bound=StunAttribute)
 
 COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
-TCP_IDLE_TIMEOUT = 40.0  # a client gives up on a TCP transaction after Ti = 39.5 s (RFC 8489 §6.2.2)
 DEFAULT_PADDING = 1500  # RFC 5780 §7.6: "a length of PADDING equal to the MTU on the outgoing interface"
 
 # Why a message got no answer: shorter than a header or than its header says; longer than that (UDP);
@@ -108,20 +109,6 @@ def rfc5780_pair(listen: Sequence[Endpoint]) -> tuple[Endpoint, Endpoint] | None
     return a, b
 
 
-def decode_classic(data: bytes) -> tuple[bytes, Message]:
-    """An RFC 3489 message (no magic cookie): its 16-byte transaction id and the decoded message
-    (whose ``txid`` is the last 12 bytes). Raises :class:`DecodeError` only."""
-    data = bytes(data)
-    if len(data) < HEADER_LEN:
-        raise TruncatedError(f"an RFC 3489 message has a 20-byte header, got {len(data)} bytes")
-    return data[4:20], stun.decode(data[:4] + COOKIE + data[8:])
-
-
-def _encode_classic(msg: Message, txid16: bytes) -> bytes:
-    wire = msg.encode()
-    return wire[:4] + txid16[:4] + wire[8:]
-
-
 class StunServerCore:
     """One STUN server: basic, or RFC 5780 behaviour discovery with ``alternate``. See the module doc."""
 
@@ -133,7 +120,7 @@ class StunServerCore:
         software: str = "natkit",
         tracer: Tracer | None = None,
         padding_size: int = DEFAULT_PADDING,
-        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+        timing: Timing = DEFAULT,
         name: str | None = None,
     ) -> None:
         if alternate is not None and rfc5780_pair((primary, alternate)) is None:
@@ -144,7 +131,7 @@ class StunServerCore:
         self.software = software
         self.tracer = tracer
         self.padding_size = max(0, padding_size + (-padding_size % 4))
-        self.tcp_idle_timeout = tcp_idle_timeout
+        self.timing = timing
         self.name = name or f"stun-server {primary}"
         self.counters: Counter[str] = Counter()
 
@@ -252,7 +239,7 @@ class StunServerCore:
             if ctx.other is not None:
                 out.append(ChangedAddress(ctx.other))
             self.counters["classic"] += 1
-            data = _encode_classic(Message(Class.SUCCESS, Method.BINDING, ctx.txid, tuple(out)), ctx.txid16)
+            data = stun.encode_classic(Message(Class.SUCCESS, Method.BINDING, ctx.txid, tuple(out)), ctx.txid16)
             return self._answer(now, data, origin, to)
         out = [XorMappedAddress(ctx.src)]
         if ctx.other is not None:
@@ -278,7 +265,7 @@ class StunServerCore:
             attrs.append(ErrorCode(code, reason + " " * (-len(reason) % 4)))
             if unknown:
                 attrs.append(UnknownAttributes(unknown + unknown[-1:] * (len(unknown) % 2)))
-            data = _encode_classic(Message(Class.ERROR, ctx.method, ctx.txid, tuple(attrs)), ctx.txid16)
+            data = stun.encode_classic(Message(Class.ERROR, ctx.method, ctx.txid, tuple(attrs)), ctx.txid16)
             return self._send(now, data, ctx.local, ctx.src)
         attrs.append(ErrorCode(code, reason))
         if unknown:
@@ -299,7 +286,7 @@ class StunServerCore:
             try:
                 detail = stun.decode(data).summary()
             except DecodeError:
-                detail = f"STUN (RFC 3489) {decode_classic(data)[1].summary()[5:]}"
+                detail = f"STUN (RFC 3489) {stun.decode_classic(data)[1].summary()[5:]}"
             self._trace(now, "sent", f"{detail} from {origin}", to, data)
         return [Reply(data, origin, to)]
 
@@ -357,63 +344,9 @@ def _first(attrs: tuple[StunAttribute, ...], cls: type[_A]) -> _A | None:
     return None
 
 
-class StunStream:
-    """One TCP connection (RFC 8489 §6.2.2): STUN messages back to back, each as long as its header
-    says. Bytes that cannot start a STUN message (top bits set, no magic cookie, a length that is not
-    a multiple of 4) close the connection (``close_reason`` "garbage"), and so does ``tcp_idle_timeout``
-    seconds without data ("idle"). The driver writes the replies of :meth:`receive_data` on the
-    connection, closes it once ``close_reason`` is set, and calls :meth:`handle_timer` at :meth:`get_timer`."""
-
-    def __init__(self, core: StunServerCore, src: Endpoint, local: Endpoint, now: float) -> None:
-        self.core = core
-        self.src = src
-        self.local = local
-        self.close_reason: str | None = None
-        self._buf = bytearray()
-        self._last = now
-
-    def receive_data(self, data: bytes, now: float) -> list[Reply]:
-        if self.close_reason is not None:
-            return []
-        self._last = now
-        self._buf += data
-        out: list[Reply] = []
-        while self._buf:
-            buf = self._buf
-            if buf[0] & 0xC0 or (len(buf) >= 8 and buf[4:8] != COOKIE) or (len(buf) >= 4 and buf[3] % 4):
-                self.close("garbage", now)
-                break
-            if len(buf) < HEADER_LEN or len(buf) < HEADER_LEN + int.from_bytes(buf[2:4], "big"):
-                break
-            end = HEADER_LEN + int.from_bytes(buf[2:4], "big")
-            message = bytes(buf[:end])
-            del buf[:end]
-            out += self.core.handle(message, self.src, self.local, "tcp", now)
-        return out
-
-    def get_timer(self) -> float | None:
-        """When the connection is idle for too long; None once it is closed."""
-        return None if self.close_reason is not None else self._last + self.core.tcp_idle_timeout
-
-    def handle_timer(self, now: float) -> None:
-        deadline = self.get_timer()
-        if deadline is not None and now >= deadline:
-            self.close("idle", now)
-
-    def close(self, reason: str, now: float) -> None:
-        """Mark the connection closed: "garbage", "idle", or the driver's own reason ("eof")."""
-        if self.close_reason is not None:
-            return
-        self.close_reason = reason
-        self.core.counters[f"tcp-closed:{reason}"] += 1
-        if reason == "garbage":
-            self.core._drop(now, self.src, bytes(self._buf), "tcp-garbage")
-        self._buf.clear()
-
-
 # fmt: off
 __all__ = [
-    "COOKIE", "DEFAULT_PADDING", "DROP_REASONS", "TCP_IDLE_TIMEOUT", "Mode", "Reply", "StunServerCore", "StunStream",
-    "Transport", "decode_classic", "rfc5780_pair",
+    "COOKIE", "DEFAULT_PADDING", "DROP_REASONS", "Mode", "Reply", "StunServerCore", "StunStream", "Transport",
+    "rfc5780_pair",
 ]
 # fmt: on

@@ -33,7 +33,6 @@ from toolkit.sansio.control_netmap import ControlNode, NetMap, RegisterBody, Upd
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import DiscoPublicKey, Endpoint, NodePrivateKey
 
-REQUEST_TIMEOUT = 10.0
 MAX_RESPONSE = 16 << 20  # a netmap of thousands of nodes still fits
 SelfNode = ControlNode  # what register() returns: this node as the server sees it
 
@@ -120,13 +119,14 @@ class ControlClient:
         hostname: str,
         *,
         timing: Timing = DEFAULT,
-        timeout: float = REQUEST_TIMEOUT,
+        timeout: float | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise UsageError(f"control URL {url!r}: give http://HOST:PORT (natkit's control server speaks plain HTTP)")
         self.url, self.host, self.port = url.rstrip("/"), parts.hostname, parts.port or 80
-        self.authkey, self.hostname, self.timing, self.timeout = authkey, hostname, timing, timeout
+        self.authkey, self.hostname, self.timing = authkey, hostname, timing
+        self.timeout = timing.control_request_timeout if timeout is None else timeout
         self.node_key = public_key(node_private_key)
         self.disco_key = disco_public_key
         self.token: str | None = None

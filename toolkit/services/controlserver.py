@@ -14,17 +14,16 @@ HTTP/1.1 as RFC 9112 has it, the subset a control plane needs, written on asynci
   interim ``100 Continue``;
 * a bad request line or header is ``400`` (an HTTP/1.1 request needs ``Host``, RFC 9112 §3.2), a
   head over 8 KiB ``431``, a version other than 1.0/1.1 ``505``; the connection is closed after each;
-* slow clients: a request must arrive whole within ``request_timeout`` of its first byte (else
-  ``408`` and close: a slow-loris client holds one connection for that long at most); a new
-  connection that sends nothing for ``request_timeout``, or a kept-alive one idle for
-  ``idle_timeout``, is closed; a response the client does not read within ``request_timeout``
-  closes the connection; a stream whose client stops reading is dropped once
-  ``MAX_STREAM_BUFFER`` bytes wait for it;
+* slow clients: a request must arrive whole within ``Timing.control_request_timeout`` (10 s) of its
+  first byte (else ``408`` and close: a slow-loris client holds one connection for that long at most);
+  a new connection that sends nothing for as long, or a kept-alive one idle for
+  ``Timing.control_idle_timeout`` (60 s), is closed; a response the client does not read within
+  ``control_request_timeout`` closes the connection; a stream whose client stops reading is dropped
+  once ``MAX_STREAM_BUFFER`` bytes wait for it;
 * a netmap stream is ``text/event-stream`` delimited by the end of the connection (``Connection:
   close``, no chunking), so ``curl -N`` and browsers' ``EventSource`` read it as is.
 
-Every answer carries a JSON body. The two timeouts are constructor arguments; ``Timing`` has no
-HTTP timers yet.
+Every answer carries a JSON body.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import asyncio
 import contextlib
 import email.utils
 import http
-import ipaddress
 import os
 import re
 import time
@@ -47,14 +45,13 @@ from toolkit.sansio.control_api import PollPending, Request, Response, StreamOpe
 from toolkit.sansio.trace import Tracer, TraceRecord
 from toolkit.services.controlstore import SQLiteStore
 from toolkit.services.runner import bind_error
+from toolkit.services.sockets import dialable, endpoint_of
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
 MAX_HEAD = 8 << 10
 MAX_BODY = 64 << 10
 MAX_STREAM_BUFFER = 1 << 20
-REQUEST_TIMEOUT = 10.0
-IDLE_TIMEOUT = 60.0
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -136,14 +133,13 @@ class ControlServer:
         timing: Timing = DEFAULT,
         tracer: Tracer | None = None,
         max_body: int = MAX_BODY,
-        request_timeout: float = REQUEST_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if not authkeys:
             raise UsageError("the control server needs a pre-auth key: give --authkey KEY")
         self.listen, self.db, self.authkeys, self.derp_map = list(listen), db, list(authkeys), derp_map
         self.timing, self.tracer = timing, tracer
-        self.max_body, self.request_timeout, self.idle_timeout = max_body, request_timeout, idle_timeout
+        self.max_body = max_body
+        self.request_timeout, self.idle_timeout = timing.control_request_timeout, timing.control_idle_timeout
         self.counters: Counter[str] = Counter()
         self.endpoints: list[Endpoint] = []
         self._core: ControlCore | None = None
@@ -163,11 +159,7 @@ class ControlServer:
     @property
     def url(self) -> str:
         """``http://HOST:PORT`` of the first listen address (a wildcard address as loopback)."""
-        ep = self.endpoints[0] if self.endpoints else self.listen[0]
-        ip = ep.ip
-        if ip.is_unspecified:
-            ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-        return f"http://{Endpoint(ip, ep.port)}"
+        return f"http://{dialable(self.endpoints[0] if self.endpoints else self.listen[0])}"
 
     # --- Service ------------------------------------------------------------------------------------
     async def start(self) -> list[str]:
@@ -185,8 +177,7 @@ class ControlServer:
             except OSError as exc:
                 raise bind_error("tcp", ep, exc) from None
             self._servers.append(server)
-            sockname = server.sockets[0].getsockname()
-            self.endpoints.append(Endpoint(ipaddress.ip_address(sockname[0]), sockname[1]))
+            self.endpoints.append(endpoint_of(server.sockets[0].getsockname()))
         return [f"tcp {ep}" for ep in self.endpoints]
 
     async def stop(self) -> None:
@@ -223,7 +214,7 @@ class ControlServer:
         assert task is not None
         self._conns.add(task)
         name = writer.get_extra_info("peername")
-        peer = Endpoint(ipaddress.ip_address(name[0]), name[1]) if isinstance(name, tuple) else None
+        peer = endpoint_of(name) if isinstance(name, tuple) else None
         try:
             wait = self.request_timeout  # a new connection must start its request at once
             while await self._one_request(reader, writer, peer, wait):

@@ -30,7 +30,7 @@ import asyncio
 import os
 import random
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 
 from toolkit.codec.derp import ServerInfoJSON
@@ -51,6 +51,7 @@ from toolkit.services.derpdial import (
     handshake_error,
     resolve_target,
 )
+from toolkit.services.inbox import Inbox
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import NodePrivateKey, NodePublicKey
 
@@ -102,10 +103,7 @@ class DerpClient:
         self._backoff = ReconnectBackoff(timing)
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._packets: deque[tuple[NodePublicKey, bytes]] = deque()
-        self._recv_waiter: asyncio.Future[None] | None = None
-        self._events: deque[ClientEvent] = deque()
-        self._event_waiter: asyncio.Future[None] | None = None
+        self._inbox: Inbox[tuple[NodePublicKey, bytes], ClientEvent] = Inbox(MAX_EVENTS)
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._dropped: Counter[str] = Counter()
         self._totals = Counter[str]()
@@ -134,6 +132,8 @@ class DerpClient:
         out = Counter(self._dropped)
         if self._conn is not None:
             out.update(self._conn.core.counters)
+        if self._inbox.events_dropped:
+            out["event-overflow"] += self._inbox.events_dropped
         return out
 
     def counters(self) -> dict[str, int]:
@@ -149,8 +149,11 @@ class DerpClient:
         return out
 
     # --- connecting -------------------------------------------------------------------------------
-    async def connect(self, timeout: float = 10.0) -> None:
-        """Dial, upgrade and finish the handshake; :class:`DerpConnectError` says why not."""
+    async def connect(self, timeout: float | None = None) -> None:
+        """Dial, upgrade and finish the handshake within ``timeout`` (``Timing.derp_handshake_timeout``, 10 s);
+        :class:`DerpConnectError` says why not."""
+        if timeout is None:
+            timeout = self.timing.derp_handshake_timeout
         if self._closing:
             raise DerpClosedError(f"DERP client for {self.url} is closed")
         conn = self._conn
@@ -212,7 +215,7 @@ class DerpClient:
                     await self._dial(self.timing.derp_handshake_timeout)
                 except DerpConnectError as exc:
                     delay = self._backoff.next_delay(loop.time(), random.random())
-                    self._push_event(DialFailed(str(exc), exc.reason, delay))
+                    self._inbox.put_event(DialFailed(str(exc), exc.reason, delay))
                     continue
                 self.reconnects += 1
                 if self._conn is not None:
@@ -223,13 +226,14 @@ class DerpClient:
 
     # --- called by DerpConnection -----------------------------------------------------------------
     def _on_events(self, conn: DerpConnection, events: list[DerpEvent]) -> None:
+        packets = self._inbox.packets
         for ev in events:
             if ev.__class__ is PacketReceived:
                 assert isinstance(ev, PacketReceived)
                 if self.on_packet is not None:
                     self.on_packet(ev.src, ev.data)
                 else:
-                    self._packets.append((ev.src, ev.data))
+                    packets.append((ev.src, ev.data))
                 continue
             if isinstance(ev, Connected):
                 self.server_key, self.server_info = ev.server_key, ev.server_info
@@ -244,13 +248,11 @@ class DerpClient:
                 self._on_closed(conn, ev)
                 if not conn.established:
                     continue  # a failed dial: connect() raises it, or the reconnect loop reports DialFailed
-            self._push_event(ev)
-        if self._packets:
-            if len(self._packets) >= self.max_queued:
+            self._inbox.put_event(ev)
+        if packets:
+            if len(packets) >= self.max_queued:
                 conn.pause_reading()
-            waiter = self._recv_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._inbox.wake_packets()
 
     def _on_closed(self, conn: DerpConnection, ev: Closed) -> None:
         if conn is not self._conn:
@@ -271,7 +273,7 @@ class DerpClient:
         self._pings.clear()
         if conn.established and self.reconnect and not self._closing and self._reconnect_task is None:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
-        self._wake_all()
+        self._inbox.wake()
 
     # --- sending ----------------------------------------------------------------------------------
     def send_nowait(self, dst: NodePublicKey, packet: bytes) -> bool:
@@ -329,31 +331,15 @@ class DerpClient:
         """The next packet relayed to us: ``(source key, data)``."""
         if self.on_packet is not None:
             raise UsageError("this DerpClient delivers packets to its on_packet callback; recv() is not used")
-        while True:
-            if self._packets:
-                item = self._packets.popleft()
-                conn = self._conn
-                if conn is not None and conn.reading_paused and len(self._packets) <= self.max_queued // 2:
-                    conn.resume_reading()
-                return item
-            self._check_alive()
-            self._recv_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._recv_waiter
-            finally:
-                self._recv_waiter = None
+        item = await self._inbox.packet(self._check_alive)
+        conn = self._conn
+        if conn is not None and conn.reading_paused and len(self._inbox.packets) <= self.max_queued // 2:
+            conn.resume_reading()
+        return item
 
     async def next_event(self) -> ClientEvent:
         """The next event other than a received packet."""
-        while True:
-            if self._events:
-                return self._events.popleft()
-            self._check_alive()
-            self._event_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._event_waiter
-            finally:
-                self._event_waiter = None
+        return await self._inbox.event(self._check_alive)
 
     def _check_alive(self) -> None:
         if self._closing:
@@ -361,19 +347,6 @@ class DerpClient:
         if self._conn is None and self._reconnect_task is None:
             why = f" ({self.last_close})" if self.last_close else ""
             raise DerpClosedError(f"DERP connection to {self.url} is down and does not reconnect{why}")
-
-    def _push_event(self, ev: ClientEvent) -> None:
-        if len(self._events) >= MAX_EVENTS:
-            self._events.popleft()
-            self._dropped["event-overflow"] += 1
-        self._events.append(ev)
-        if self._event_waiter is not None and not self._event_waiter.done():
-            self._event_waiter.set_result(None)
-
-    def _wake_all(self) -> None:
-        for waiter in (self._recv_waiter, self._event_waiter):
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
 
     # --- closing -----------------------------------------------------------------------------------
     async def close(self) -> None:
@@ -387,7 +360,7 @@ class DerpClient:
         if conn is not None:
             conn.abort("closed", "closed locally")
             await conn.wait_closed(1.0)
-        self._wake_all()
+        self._inbox.wake()
 
     async def __aenter__(self) -> DerpClient:
         await self.connect()

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import functools
 import ssl
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -31,6 +30,7 @@ from toolkit.errors import NatkitError
 from toolkit.sansio.derphome import pick_home, stale_regions
 from toolkit.sansio.trace import TraceRecord
 from toolkit.services.derpclient import ClientEvent, DerpClient, DerpClosedError, DerpConnectError
+from toolkit.services.inbox import Inbox
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import NodePrivateKey, NodePublicKey
 
@@ -43,6 +43,7 @@ class RegionClosed:
 
 
 RegionEvent = ClientEvent | RegionClosed
+MAX_EVENTS = 1024  # events kept for next_event(); the oldest go first
 
 
 class DerpRegions:
@@ -57,7 +58,7 @@ class DerpRegions:
         ssl_context: ssl.SSLContext | None = None,
         mesh_key: str = "",
         tracer: Callable[[TraceRecord], None] | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
     ) -> None:
         self.derp_map = derp_map
         self.public_key: NodePublicKey = public_key(private_key)
@@ -66,16 +67,14 @@ class DerpRegions:
         self.ssl_context = ssl_context
         self.mesh_key = mesh_key
         self.tracer = tracer
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = timing.derp_handshake_timeout if connect_timeout is None else connect_timeout
         self.home_region: int | None = None
         self._clients: dict[int, DerpClient] = {}
         self._dialing: dict[int, asyncio.Future[DerpClient]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._last_write: dict[int, float] = {}
         self._last_recv: dict[int, float] = {}
-        self._packets: deque[tuple[int, NodePublicKey, bytes]] = deque()
-        self._events: deque[tuple[int, RegionEvent]] = deque(maxlen=1024)
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox: Inbox[tuple[int, NodePublicKey, bytes], tuple[int, RegionEvent]] = Inbox(MAX_EVENTS)
         self._cleaner: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -120,15 +119,11 @@ class DerpRegions:
 
     async def recv(self) -> tuple[int, NodePublicKey, bytes]:
         """The next packet from any region: ``(region id, source key, data)``."""
-        while not self._packets:
-            await self._wait()
-        return self._packets.popleft()
+        return await self._inbox.packet(self._check_open)
 
     async def next_event(self) -> tuple[int, RegionEvent]:
         """The next event of any region's connection, tagged with the region id."""
-        while not self._events:
-            await self._wait()
-        return self._events.popleft()
+        return await self._inbox.event(self._check_open)
 
     # --- connections ----------------------------------------------------------------------------------
     async def _client(self, region_id: int) -> DerpClient:
@@ -186,16 +181,14 @@ class DerpRegions:
         raise DerpConnectError(f"no relay of DERP region {region_id} answered: {'; '.join(errors)}", "region")
 
     def _on_packet(self, region_id: int, src: NodePublicKey, data: bytes) -> None:
-        self._packets.append((region_id, src, data))
+        self._inbox.put_packet((region_id, src, data))
         self._last_recv[region_id] = asyncio.get_running_loop().time()
-        self._wake()
+        self._inbox.wake_packets()
 
     async def _pump(self, region_id: int, client: DerpClient) -> None:
         with contextlib.suppress(DerpClosedError):
             while True:
-                ev = await client.next_event()
-                self._events.append((region_id, ev))
-                self._wake()
+                self._inbox.put_event((region_id, await client.next_event()))
 
     async def _clean_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,21 +208,11 @@ class DerpRegions:
         if pump is not None:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
-        self._events.append((region_id, RegionClosed(reason)))
-        self._wake()
+        self._inbox.put_event((region_id, RegionClosed(reason)))
 
-    async def _wait(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise DerpClosedError("the DERP regions are closed")
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     async def close(self) -> None:
         """Close every connection; pending recv()/next_event() raise DerpClosedError."""
@@ -239,7 +222,7 @@ class DerpRegions:
             await asyncio.gather(self._cleaner, return_exceptions=True)
         for region_id in list(self._clients):
             await self.close_region(region_id)
-        self._wake()
+        self._inbox.wake()
 
 
 __all__ = ["DerpRegions", "RegionClosed", "RegionEvent"]

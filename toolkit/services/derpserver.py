@@ -33,6 +33,7 @@ from toolkit.sansio.derpserver import DerpServerCore
 from toolkit.sansio.derpserver_conn import ClientView, ConnId, DerpLimits, DerpServerEvent
 from toolkit.sansio.trace import TraceRecord
 from toolkit.services.runner import bind_error
+from toolkit.services.sockets import dialable, endpoint_of
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, NodePrivateKey, NodePublicKey
 
@@ -122,15 +123,16 @@ class DerpServer:
                     reuse_address=True,
                 )
                 self._servers.append(server)
-                host, port = server.sockets[0].getsockname()[:2]
-                self.endpoints.append(Endpoint.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+                self.endpoints.append(endpoint_of(server.sockets[0].getsockname()))
         except OSError as exc:
             await self._close_listeners()
             raise bind_error("tcp", ep, exc) from None
         return [*(self._url(ep) for ep in self.endpoints), str(self.public_key)]
 
-    async def stop(self, reconnect_in: float = 1.0, try_for: float = 30.0) -> None:
-        """Send Restarting to every client, close every connection (abort after a second), close the listeners."""
+    async def stop(self, reconnect_in: float | None = None, try_for: float | None = None) -> None:
+        """Send Restarting to every client, close every connection (abort after a second), close the listeners.
+
+        ``reconnect_in`` and ``try_for`` default to ``Timing.derp_restart_reconnect_in`` / ``derp_restart_try_for``."""
         if self._loop is None:
             return
         for server in self._servers:
@@ -160,10 +162,7 @@ class DerpServer:
 
         The start line shows the bound addresses as they are (``http://0.0.0.0:3340/derp``).
         """
-        ep = self.endpoints[i]
-        if ep.ip.is_unspecified:
-            ep = Endpoint.parse(f"[::1]:{ep.port}" if ep.is_ipv6 else f"127.0.0.1:{ep.port}")
-        return self._url(ep)
+        return self._url(dialable(self.endpoints[i]))
 
     def _url(self, ep: Endpoint) -> str:
         return f"{'https' if self.ssl_context is not None else 'http'}://{ep}/derp"
@@ -184,8 +183,7 @@ class DerpServer:
         conn.conn_id = next(self._ids)
         self._conns[conn.conn_id] = conn
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        peer = transport.get_extra_info("peername")
-        remote = Endpoint.parse(f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
+        remote = endpoint_of(transport.get_extra_info("peername"))
         self.core.connection_made(conn.conn_id, remote, self._loop.time())
         self._flush()
 

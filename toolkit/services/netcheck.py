@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from toolkit.sansio.netcheck import ENOUGH_REGIONS, Netcheck
 from toolkit.sansio.netcheck_plan import LastDERPActivity, hosts_to_resolve
 from toolkit.sansio.netcheck_report import Report
 from toolkit.sansio.trace import Tracer
+from toolkit.services.sockets import bound_socket, endpoint_of
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, IPAddress
 
@@ -99,25 +99,20 @@ class NetcheckClient:
         if self._send is not None:
             return
         loop = asyncio.get_running_loop()
-        for family, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        for family in (4, 6):
             host = self._binds[family]
             if host is None:
                 continue
-            sock = socket.socket(af, socket.SOCK_DGRAM)
             try:
-                if af == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setblocking(False)
-                sock.bind((host, self._port))
+                sock = bound_socket(family, host, self._port)
             except OSError:
-                sock.close()
                 continue
             self._socks[family] = sock
             loop.add_reader(sock.fileno(), self._readable, sock)
 
     def local_endpoints(self) -> list[Endpoint]:
         """The bound sockets' addresses (``0.0.0.0:40000``, ``[::]:40001``)."""
-        return [_endpoint(s.getsockname()) for _, s in sorted(self._socks.items())]
+        return [endpoint_of(s.getsockname(), keep_scope=False) for _, s in sorted(self._socks.items())]
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,7 +139,7 @@ class NetcheckClient:
                 return
             except OSError:
                 return  # an ICMP error queued on the socket: nothing to read
-            self.receive_datagram(data, _endpoint(addr))
+            self.receive_datagram(data, endpoint_of(addr, keep_scope=False))
 
     # --- the run -----------------------------------------------------------------------------------
 
@@ -206,7 +201,7 @@ class NetcheckClient:
         report = core.report(datetime.now(UTC))
         if report.full:
             self._last_full = started
-        keep_for = self.timing.netcheck_full_report_interval + self.timing.netcheck_report_timeout
+        keep_for = self.timing.netcheck_history_max_age
         self.history = [r for r in self.history if report.at - r.at <= keep_for] + [report]
         return report
 
@@ -238,7 +233,7 @@ class NetcheckClient:
                 return []
             ips: list[IPAddress] = []
             for info in infos:
-                ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                ip = endpoint_of(info[4], keep_scope=False).ip
                 if ip not in ips:
                     ips.append(ip)
             return ips
@@ -252,10 +247,6 @@ class NetcheckClient:
             else:
                 task.cancel()
         return out
-
-
-def _endpoint(addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
-    return Endpoint(ipaddress.ip_address(addr[0].split("%")[0]), addr[1])
 
 
 async def netcheck(derp_map: DERPMap, **options: object) -> Report:

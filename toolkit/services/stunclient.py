@@ -15,6 +15,7 @@ non-blocking, as asyncio needs); nobody else may read it meanwhile.
 Failures: no answer raises :class:`StunTimeout`, an error response :class:`StunErrorResponse`
 (both :class:`~toolkit.errors.NatkitError`: the CLI prints one line and exits 1); a local address
 that cannot be bound, or a name that does not resolve, is a :class:`~toolkit.errors.UsageError`.
+The socket helpers are :mod:`toolkit.services.sockets`' (re-exported here).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from toolkit.sansio.natbehavior import NatBehaviorDiscovery
 from toolkit.sansio.natreport import NatReport
 from toolkit.sansio.stunclient import StunTransaction
 from toolkit.sansio.trace import Tracer
+from toolkit.services.sockets import endpoint_of, open_udp_socket, source_address
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, TxID
 
@@ -124,38 +126,7 @@ async def resolve_server(text: str, default_port: int = DEFAULT_PORT) -> Endpoin
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise UsageError(f"cannot resolve {host!r}: {exc.strerror}; check the name or give an IP address") from None
-    return _endpoint(infos[0][4])
-
-
-def _endpoint(addr: tuple[Any, ...]) -> Endpoint:
-    return Endpoint(ipaddress.ip_address(str(addr[0]).split("%", 1)[0]), int(addr[1]))
-
-
-def source_address(server: Endpoint) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The local IP the kernel sends from to reach ``server`` (a connected UDP socket, nothing sent)."""
-    family = socket.AF_INET6 if server.is_ipv6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(server.as_tuple())
-        except OSError as exc:
-            raise NatkitError(f"no route to {server}: {exc.strerror or exc}") from None
-        return _endpoint(s.getsockname()).ip
-
-
-def open_udp_socket(server: Endpoint, local: Endpoint | None = None) -> socket.socket:
-    """A non-blocking UDP socket bound to ``local`` (unspecified IP or None: the route's source address)."""
-    ip = local.ip if local is not None and not local.ip.is_unspecified else source_address(server)
-    where = Endpoint(ip, local.port if local is not None else 0)
-    if where.family != server.family:
-        raise UsageError(f"local address {where} and server {server} are not the same IP version")
-    s = socket.socket(socket.AF_INET6 if where.is_ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(where.as_tuple())
-    except OSError as exc:
-        s.close()
-        raise UsageError(f"cannot bind a UDP socket to {where}: {exc.strerror or exc}; pick another --local") from None
-    s.setblocking(False)
-    return s
+    return endpoint_of(infos[0][4], keep_scope=False)
 
 
 # --- the pump: named sockets, one reader task each ------------------------------------------------
@@ -188,7 +159,7 @@ class _Pump:
         if owned:
             self._owned.append(sock)
         self._readers.append(asyncio.create_task(self._read(name, sock), name=f"stun-read-{name}"))
-        return _endpoint(sock.getsockname())
+        return endpoint_of(sock.getsockname(), keep_scope=False)
 
     def send(self, name: str, data: bytes, dest: Endpoint) -> None:
         try:
@@ -203,7 +174,7 @@ class _Pump:
             except OSError:  # an ICMP error reported on the socket: nothing to read, keep going
                 await asyncio.sleep(0)
                 continue
-            self._on_datagram(name, data, _endpoint(addr), self.loop.time())
+            self._on_datagram(name, data, endpoint_of(addr, keep_scope=False), self.loop.time())
             self._wake.set()
 
     async def run(self, core: _Core, flush: Callable[[], None]) -> None:

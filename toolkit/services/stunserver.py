@@ -10,8 +10,9 @@ how a TCP stream frames, when a connection is garbage or idle) is the sans-IO co
 * Two addresses with different IPs and different ports of one family (A:P and B:Q) make an RFC 5780
   server: it binds A:P, A:Q, B:P and B:Q and answers CHANGE-REQUEST from the matching socket. Any
   other set of addresses is that many independent basic servers sharing one core and its counters.
-* IPv6 sockets are IPv6-only (``IPV6_V6ONLY``, as asyncio does for TCP), so ``0.0.0.0:P`` and
-  ``[::]:P`` can be given together.
+* IPv6 sockets are IPv6-only (``IPV6_V6ONLY``, as asyncio does for TCP, :mod:`toolkit.services.sockets`),
+  so ``0.0.0.0:P`` and ``[::]:P`` can be given together. A TCP connection idle for
+  ``Timing.stun_tcp_idle_timeout``, or not reading its answers for as long, is closed.
 * It implements :class:`toolkit.services.runner.Service`: ``natkit stun-server`` runs it with
   :func:`~toolkit.services.runner.run_service`, the ``sim`` backend and tests start it in-process with
   ``await server.start()`` / ``await server.stop()``.
@@ -23,40 +24,23 @@ import asyncio
 import contextlib
 import errno
 import functools
-import ipaddress
 import socket
 from collections.abc import Sequence
 from typing import Any
 
 from toolkit.errors import UsageError
-from toolkit.sansio.stunserver import DEFAULT_PADDING, TCP_IDLE_TIMEOUT, StunServerCore, rfc5780_pair
+from toolkit.sansio.stunserver import DEFAULT_PADDING, StunServerCore, rfc5780_pair
 from toolkit.sansio.trace import Tracer
 from toolkit.services.runner import bind_error
+from toolkit.services.sockets import bound_socket, endpoint_of
+from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
 _PORT_TRIES = 20  # port 0: how many kernel-chosen UDP ports to try until TCP gets the same one
 
 
-def _endpoint(addr: Any) -> Endpoint:
-    """A socket address tuple (v4 or v6, maybe scoped) as an Endpoint."""
-    return Endpoint(ipaddress.ip_address(addr[0]), int(addr[1]))
-
-
 def _socket(ep: Endpoint, kind: socket.SocketKind) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ep.is_ipv6 else socket.AF_INET, kind)
-    try:
-        if ep.is_ipv6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind over TIME_WAIT after a restart
-        sock.bind(ep.as_tuple())
-        if kind == socket.SOCK_STREAM:
-            sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return bound_socket(ep.family, str(ep.ip), ep.port, kind, listen=kind == socket.SOCK_STREAM)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -65,7 +49,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.local = local
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.server._datagram(data, _endpoint(addr), self.local)
+        self.server._datagram(data, endpoint_of(addr), self.local)
 
     def error_received(self, exc: Exception) -> None:
         # an ICMP error for an earlier reply (e.g. RESPONSE-PORT to a closed port): nothing to do
@@ -85,7 +69,7 @@ class StunServer:
         software: str = "natkit",
         tracer: Tracer | None = None,
         padding_size: int = DEFAULT_PADDING,
-        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+        timing: Timing = DEFAULT,
     ) -> None:
         if not listen:
             raise UsageError("the STUN server needs at least one address to listen on")
@@ -99,7 +83,7 @@ class StunServer:
             software=software,
             tracer=tracer,
             padding_size=padding_size,
-            tcp_idle_timeout=tcp_idle_timeout,
+            timing=timing,
         )
         self.endpoints: list[Endpoint] = []
         self.send_errors = 0
@@ -171,7 +155,7 @@ class StunServer:
             self._conns.add(task)
         loop = asyncio.get_running_loop()
         stream = self.core.open_stream(
-            _endpoint(writer.get_extra_info("peername")), _endpoint(writer.get_extra_info("sockname")), loop.time()
+            endpoint_of(writer.get_extra_info("peername")), endpoint_of(writer.get_extra_info("sockname")), loop.time()
         )
         try:
             while stream.close_reason is None:
@@ -188,7 +172,7 @@ class StunServer:
                 for reply in stream.receive_data(data, loop.time()):
                     writer.write(reply.data)
                 try:  # a client that sends but never reads is idle too
-                    await asyncio.wait_for(writer.drain(), self.core.tcp_idle_timeout)
+                    await asyncio.wait_for(writer.drain(), self.core.timing.stun_tcp_idle_timeout)
                 except TimeoutError:
                     stream.close("idle", loop.time())
         except OSError:
