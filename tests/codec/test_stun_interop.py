@@ -27,6 +27,7 @@ from toolkit.codec.stun import (
     Fingerprint,
     IceControlled,
     IceControlling,
+    Lifetime,
     MappedAddress,
     Message,
     Method,
@@ -122,7 +123,7 @@ def test_aioice_parses_natkit_error_and_rfc5780_request() -> None:
 def test_aioice_parses_natkit_allocate_response() -> None:
     txid = TxID(bytes(range(12, 24)))
     relayed, mapped = Endpoint.parse("198.51.100.9:50000"), Endpoint.parse("[2001:db8::9]:4000")
-    attrs = (XorRelayedAddress(relayed), XorMappedAddress(mapped), UnknownAttribute(0x000D, (600).to_bytes(4, "big")))
+    attrs = (XorRelayedAddress(relayed), XorMappedAddress(mapped), Lifetime(600))
     parsed = ai.parse_message(Message(Class.SUCCESS, Method.ALLOCATE, txid, attrs).encode())
     assert (parsed.message_method, parsed.message_class) == (ai.Method.ALLOCATE, ai.Class.RESPONSE)
     assert parsed.attributes["XOR-RELAYED-ADDRESS"] == _pair(relayed)

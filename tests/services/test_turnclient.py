@@ -1,7 +1,8 @@
 """The TURN client (toolkit/services/turnclient.py) against a real coturn, and against a scripted fake server.
 
 coturn runs with long-term credentials (realm ``natkit``, user alice:secret), relay ports
-40000-40999 on 127.0.0.1 and ``--allow-loopback-peers``. Peers are plain UDP sockets on 127.0.0.1.
+40000-40999 on 127.0.0.1 and ``--allow-loopback-peers``. Peers are plain UDP sockets on 127.0.0.1. The ChannelData
+and TURN attribute codec has its own tests (tests/codec/test_stun_turn.py).
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tests.coturn import Coturn, start_coturn
 from toolkit.codec import stun
-from toolkit.errors import DecodeError
-from toolkit.services.turnclient import (
-    CHANNEL_MIN,
-    TurnClient,
-    TurnError,
-    channel_data,
-    parse_channel_data,
-)
+from toolkit.services.turnclient import CHANNEL_MIN, TurnClient, TurnError
 from toolkit.timing import DEFAULT
 from toolkit.types import Endpoint
 
@@ -63,28 +55,6 @@ async def recv_from(sock: socket.socket, timeout: float = 2.0) -> tuple[bytes, t
 def endpoint(sock: socket.socket) -> Endpoint:
     host, port = sock.getsockname()
     return Endpoint.parse(f"{host}:{port}")
-
-
-# --- ChannelData framing (RFC 8656 §12.4) ------------------------------------------------------------
-
-
-@settings(max_examples=200)
-@given(st.integers(0x4000, 0x4FFF), st.binary(max_size=300))
-def test_channel_data_round_trip(channel: int, data: bytes) -> None:
-    wire = channel_data(channel, data)
-    assert wire[:2] == channel.to_bytes(2, "big") and int.from_bytes(wire[2:4], "big") == len(data)
-    assert parse_channel_data(wire) == (channel, data)
-    assert parse_channel_data(wire + b"\x00\x00\x00") == (channel, data)  # padding after the data is ignored
-
-
-@settings(max_examples=300)
-@given(st.binary(max_size=40))
-def test_parse_channel_data_raises_only_decode_error(data: bytes) -> None:
-    try:
-        channel, payload = parse_channel_data(data)
-    except DecodeError:
-        return
-    assert 0x4000 <= channel <= 0x4FFF and len(payload) <= len(data) - 4
 
 
 # --- against coturn ------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ RFC 5780 (CHANGE-REQUEST, RESPONSE-ORIGIN, OTHER-ADDRESS, RESPONSE-PORT, PADDING
 request and response are byte-exact as in protocols.md §3.1 and §3.2, and :func:`is_stun` and
 :attr:`Message.mapped_endpoint` follow Tailscale's client (protocols.md §3.3). This is the module to
 import: it re-exports the attribute dataclasses of :mod:`toolkit.codec.stun_attrs`,
-:mod:`toolkit.codec.stun_attrs_text` and :mod:`toolkit.codec.stun_attrs_ext`, and the byte-level
-framing, integrity, fingerprint and credential helpers of :mod:`toolkit.codec.stun_wire`.
+:mod:`toolkit.codec.stun_attrs_text`, :mod:`toolkit.codec.stun_attrs_ext` and
+:mod:`toolkit.codec.stun_attrs_turn` (with TURN's ChannelData), and the byte-level framing, integrity,
+fingerprint and credential helpers of :mod:`toolkit.codec.stun_wire`. Classic RFC 3489 messages (no
+magic cookie, a 16-byte transaction id) go through :func:`decode_classic` and :func:`encode_classic`.
 
 Decoding keeps every attribute in wire order, also those after MESSAGE-INTEGRITY (which a receiver
 must ignore, RFC 8489 §14.5) and unknown ones; checking integrity and fingerprint is a separate
@@ -32,16 +34,21 @@ from toolkit.codec.stun_attrs_ext import (
     ChangeRequest, Fingerprint, IceControlled, IceControlling, MessageIntegrity, MessageIntegritySha256, Padding,
     Priority, ResponsePort, UseCandidate,
 )
+from toolkit.codec.stun_attrs_turn import (
+    CHANNEL_MAX, CHANNEL_MIN, PROTO_TCP, PROTO_UDP, ChannelData, ChannelNumber, Data, Lifetime, RequestedTransport,
+    is_channel_data,
+)
 from toolkit.codec.stun_wire import (
     FINGERPRINT_XOR, HEADER_LEN, _crc, _header, _hmac_sha1, _hmac_sha256, _parse, is_stun, long_term_key,
     short_term_key, verify_fingerprint, verify_integrity, verify_integrity_sha256,
 )
 # isort: on
 # fmt: on
-from toolkit.errors import BadMagicError, BadValueError
+from toolkit.errors import BadMagicError, BadValueError, TruncatedError
 from toolkit.types import Endpoint, TxID
 
 _A = TypeVar("_A", bound=StunAttribute)
+_COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
 
 
 class Class(IntEnum):
@@ -223,6 +230,32 @@ def decode(data: bytes) -> Message:
     return Message(cls, method, txid, attrs, wire=wire, paddings=paddings)
 
 
+# --- RFC 3489 classic messages ----------------------------------------------------------------------
+# RFC 3489 §11.1: a 128-bit transaction id stands where RFC 5389 put the magic cookie and a 96-bit id.
+# Plain address attributes do not depend on those bytes (RFC 5389 §12), so a classic message is read
+# by putting the cookie in and written by taking it out again.
+
+
+def decode_classic(data: bytes) -> tuple[bytes, Message]:
+    """An RFC 3489 message: its 16-byte transaction id and the decoded message (whose ``txid`` is
+    the id's last 12 bytes). XOR addresses and FINGERPRINT read this way mean nothing (RFC 3489 has
+    neither). Raises :class:`~toolkit.errors.DecodeError` subclasses only."""
+    data = bytes(data)
+    if len(data) < HEADER_LEN:
+        raise TruncatedError(f"an RFC 3489 message has a 20-byte header, got {len(data)} bytes")
+    return data[4:20], decode(data[:4] + _COOKIE + data[8:])
+
+
+def encode_classic(msg: Message, txid16: bytes) -> bytes:
+    """``msg`` as an RFC 3489 message with the 16-byte transaction id ``txid16``, whose last 12 bytes
+    must be ``msg.txid``. Give plain attributes only: XOR addresses, MESSAGE-INTEGRITY and FINGERPRINT
+    depend on the magic cookie, which a classic message does not carry."""
+    if len(txid16) != 16 or bytes(txid16[4:]) != msg.txid.raw:
+        raise BadValueError("an RFC 3489 transaction id is 16 bytes ending with the message's 12-byte txid")
+    wire = msg.encode()
+    return wire[:4] + bytes(txid16[:4]) + wire[8:]
+
+
 # --- builders --------------------------------------------------------------------------------------
 
 
@@ -284,6 +317,8 @@ def error_response(txid: TxID, method: int, code: int, reason: str, unknown: tup
 
 # fmt: off
 __all__ = [
+    "CHANNEL_MAX", "CHANNEL_MIN", "PROTO_TCP", "PROTO_UDP", "ChannelData", "ChannelNumber", "Data", "Lifetime",
+    "RequestedTransport", "decode_classic", "encode_classic", "is_channel_data",
     "REGISTRY", "AlternateServer", "AttrType", "Attribute", "ChangeRequest", "ChangedAddress", "ErrorCode",
     "Fingerprint", "IceControlled", "IceControlling", "MappedAddress", "MessageIntegrity",
     "MessageIntegritySha256", "Nonce", "OtherAddress", "Padding", "Priority", "Realm", "ResponseOrigin",

@@ -19,10 +19,8 @@ sends, the last waited ``stun_rm`` times the RTO). Anything the client does not 
 from elsewhere, a channel it did not bind, bytes that do not decode) is dropped and counted in
 :attr:`dropped` by reason, never raised.
 
-The STUN codec (toolkit.codec.stun) knows the TURN methods and the address attributes but decodes
-CHANNEL-NUMBER, LIFETIME, DATA and REQUESTED-TRANSPORT as :class:`~toolkit.codec.stun.UnknownAttribute`
-and has no ChannelData framing; this module builds and reads those itself (they would belong in
-the codec).
+Every message is the STUN codec's: TURN's attributes and ChannelData are in
+:mod:`toolkit.codec.stun_attrs_turn` (re-exported by :mod:`toolkit.codec.stun`).
 """
 
 from __future__ import annotations
@@ -30,19 +28,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import struct
 from collections import Counter
 
 from toolkit.codec import stun
-from toolkit.codec.stun import AttrType, Class, Message, Method, UnknownAttribute
-from toolkit.errors import DecodeError, NatkitError, TruncatedError
+from toolkit.codec.stun import CHANNEL_MAX, CHANNEL_MIN, ChannelData, Class, Message, Method
+from toolkit.errors import DecodeError, NatkitError
+from toolkit.services.sockets import endpoint_of
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, TxID
 
-UDP = 17  # REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7)
-CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF  # RFC 8656 §12
 QUEUE_DEPTH = 4096  # received packets waiting for recv(); more are dropped ("queue-full")
-_CHANNEL_HEADER = struct.Struct("!HH")
 
 
 class TurnError(NatkitError):
@@ -51,59 +46,6 @@ class TurnError(NatkitError):
     def __init__(self, message: str, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
-
-
-# --- what the codec lacks: TURN attribute values and ChannelData --------------------------------
-
-
-def requested_transport(protocol: int = UDP) -> UnknownAttribute:
-    """REQUESTED-TRANSPORT: protocol number, then 3 RFFU bytes (RFC 8656 §18.7)."""
-    return UnknownAttribute(AttrType.REQUESTED_TRANSPORT, bytes((protocol, 0, 0, 0)))
-
-
-def lifetime_attr(seconds: int) -> UnknownAttribute:
-    """LIFETIME: seconds as a 32-bit unsigned integer (RFC 8656 §18.4)."""
-    return UnknownAttribute(AttrType.LIFETIME, struct.pack("!I", seconds))
-
-
-def channel_number_attr(channel: int) -> UnknownAttribute:
-    """CHANNEL-NUMBER: the number, then 2 RFFU bytes (RFC 8656 §18.1)."""
-    return UnknownAttribute(AttrType.CHANNEL_NUMBER, struct.pack("!HH", channel, 0))
-
-
-def data_attr(data: bytes) -> UnknownAttribute:
-    """DATA: the application bytes (RFC 8656 §18.6)."""
-    return UnknownAttribute(AttrType.DATA, bytes(data))
-
-
-def attr_value(msg: Message, attr_type: int) -> bytes | None:
-    """The raw value of the first attribute of ``attr_type`` the codec kept undecoded, or None."""
-    for a in msg.attributes:
-        if isinstance(a, UnknownAttribute) and a.type == attr_type:
-            return a.value
-    return None
-
-
-def lifetime_of(msg: Message) -> int | None:
-    value = attr_value(msg, AttrType.LIFETIME)
-    return int.from_bytes(value[:4], "big") if value is not None and len(value) >= 4 else None
-
-
-def channel_data(channel: int, data: bytes) -> bytes:
-    """A ChannelData message (RFC 8656 §12.4); over UDP it needs no padding."""
-    return _CHANNEL_HEADER.pack(channel, len(data)) + data
-
-
-def parse_channel_data(datagram: bytes) -> tuple[int, bytes]:
-    """(channel number, data) of a ChannelData message; raises :class:`DecodeError` (RFC 8656 §12.4-§12.6)."""
-    if len(datagram) < 4:
-        raise TruncatedError(f"ChannelData needs a 4-byte header, got {len(datagram)} bytes")
-    channel, length = _CHANNEL_HEADER.unpack_from(datagram)
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise DecodeError(f"channel number {channel:#06x} is outside 0x4000-0x4FFF")
-    if length > len(datagram) - 4:
-        raise TruncatedError(f"ChannelData says {length} bytes, datagram has {len(datagram) - 4}")
-    return channel, datagram[4 : 4 + length]
 
 
 # --- the client ------------------------------------------------------------------------------------
@@ -171,24 +113,23 @@ class TurnClient:
         """The client's own socket address (None before :meth:`allocate`)."""
         if self._transport is None:
             return None
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return Endpoint(host, port)
+        return endpoint_of(self._transport.get_extra_info("sockname"))
 
     def _datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if addr[:2] != self._server_addr:  # only the server talks to a TURN client (RFC 8656 §4)
             self.dropped["not-from-server"] += 1
             return
-        if data[:1] and 0x40 <= data[0] <= 0x4F:  # first two bits 01: ChannelData (RFC 8656 §12)
+        if stun.is_channel_data(data):  # first two bits 01: ChannelData (RFC 8656 §12)
             try:
-                channel, payload = parse_channel_data(data)
+                cd = ChannelData.decode(data)
             except DecodeError as exc:
                 self.dropped[f"channeldata-{exc.reason}"] += 1
                 return
-            peer = self._peers.get(channel)
+            peer = self._peers.get(cd.channel)
             if peer is None:
                 self.dropped["unknown-channel"] += 1
                 return
-            self._deliver(peer, payload, "channel-data")
+            self._deliver(peer, cd.data, "channel-data")
             return
         if not stun.is_stun(data):
             self.dropped["not-turn"] += 1
@@ -205,12 +146,11 @@ class TurnClient:
             else:
                 future.set_result(msg)
         elif msg.msg_class == Class.INDICATION and msg.method == Method.DATA:  # RFC 8656 §11.4
-            peer_attr = msg.get(stun.XorPeerAddress)
-            data_value = attr_value(msg, AttrType.DATA)
-            if peer_attr is None or data_value is None:
+            peer_attr, data_attr = msg.get(stun.XorPeerAddress), msg.get(stun.Data)
+            if peer_attr is None or data_attr is None:
                 self.dropped["bad-data-indication"] += 1
             else:
-                self._deliver(peer_attr.endpoint, data_value, "data-indication")
+                self._deliver(peer_attr.endpoint, data_attr.data, "data-indication")
         else:
             self.dropped["unexpected-stun"] += 1
 
@@ -283,23 +223,23 @@ class TurnClient:
 
     async def allocate(self, lifetime: int | None = None) -> Endpoint:
         """Allocate a UDP relayed address (RFC 8656 §7.1-§7.3); returns it (also :attr:`relayed`)."""
-        attrs: list[stun.StunAttribute] = [requested_transport(UDP)]
+        attrs: list[stun.StunAttribute] = [stun.RequestedTransport(stun.PROTO_UDP)]
         if lifetime is not None:
-            attrs.append(lifetime_attr(lifetime))
+            attrs.append(stun.Lifetime(lifetime))
         answer = await self._request(Method.ALLOCATE, attrs)
         relayed = answer.get(stun.XorRelayedAddress)
         if relayed is None:
             raise TurnError(f"TURN server {self.server} answered Allocate without XOR-RELAYED-ADDRESS")
         self.relayed = relayed.endpoint
         self.mapped = answer.mapped_endpoint
-        self.lifetime = lifetime_of(answer) or 0
+        self.lifetime = _lifetime(answer)
         return self.relayed
 
     async def refresh(self, lifetime: int | None = None) -> int:
         """Refresh the allocation (RFC 8656 §8); LIFETIME 0 deletes it. Returns the granted lifetime."""
-        attrs: list[stun.StunAttribute] = [] if lifetime is None else [lifetime_attr(lifetime)]
+        attrs: list[stun.StunAttribute] = [] if lifetime is None else [stun.Lifetime(lifetime)]
         answer = await self._request(Method.REFRESH, attrs)
-        self.lifetime = lifetime_of(answer) or 0
+        self.lifetime = _lifetime(answer)
         return self.lifetime
 
     async def create_permission(self, *peers: Endpoint) -> None:
@@ -313,7 +253,7 @@ class TurnClient:
         number = channel if channel is not None else CHANNEL_MIN + len(self._peers)
         if not CHANNEL_MIN <= number <= CHANNEL_MAX or number in self._peers:
             raise TurnError(f"channel number {number:#06x} is taken or outside 0x4000-0x4FFF")
-        await self._request(Method.CHANNEL_BIND, [channel_number_attr(number), stun.XorPeerAddress(peer)])
+        await self._request(Method.CHANNEL_BIND, [stun.ChannelNumber(number), stun.XorPeerAddress(peer)])
         self._channels[peer] = number
         self._peers[number] = peer
         return number
@@ -329,9 +269,9 @@ class TurnClient:
             raise TurnError("TurnClient.send before allocate()")
         number = self._channels.get(peer)
         if number is not None:
-            transport.sendto(_CHANNEL_HEADER.pack(number, len(data)) + data, self._server_addr)
+            transport.sendto(ChannelData(number, data).encode(), self._server_addr)
         else:
-            attrs = (stun.XorPeerAddress(peer), data_attr(data))
+            attrs = (stun.XorPeerAddress(peer), stun.Data(data))
             transport.sendto(
                 Message(Class.INDICATION, Method.SEND, TxID(os.urandom(12)), attrs).encode(), self._server_addr
             )
@@ -362,17 +302,9 @@ class TurnClient:
         self._pending.clear()
 
 
-__all__ = [
-    "CHANNEL_MAX",
-    "CHANNEL_MIN",
-    "TurnClient",
-    "TurnError",
-    "attr_value",
-    "channel_data",
-    "channel_number_attr",
-    "data_attr",
-    "lifetime_attr",
-    "lifetime_of",
-    "parse_channel_data",
-    "requested_transport",
-]
+def _lifetime(answer: Message) -> int:
+    lifetime = answer.get(stun.Lifetime)
+    return lifetime.seconds if lifetime is not None else 0
+
+
+__all__ = ["CHANNEL_MAX", "CHANNEL_MIN", "TurnClient", "TurnError"]
