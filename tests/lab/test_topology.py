@@ -306,7 +306,7 @@ def test_service_defaults_and_derp_map() -> None:
     assert labservices.service_argv(stun1, stun1.services[0]) == [
         "stun-server", "--listen", "198.51.100.10:3478", "--listen", "198.51.100.11:3479",
     ]  # fmt: skip
-    assert labservices.service_argv(derp1, derp1.services[0]) == ["derp", "--listen", "198.51.100.12:3340"]
+    assert labservices.service_argv(derp1, derp1.services[0]) == ["derp-server", "--listen", "198.51.100.12:3340"]
     custom = ServiceSpec("control-server", ("--listen", "198.51.100.12:80"))
     assert labservices.service_args(derp1, custom) == ("--listen", "198.51.100.12:80")
     assert labservices.listen_port(derp1, custom) == 80

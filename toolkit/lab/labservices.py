@@ -30,7 +30,7 @@ DERP_PORT = 3340
 CONTROL_PORT = 8081
 LAB_AUTHKEY = "natkit-lab"
 LAB_REGION_ID = 1
-SUBCOMMAND = {"stun-server": "stun-server", "derp-server": "derp", "control-server": "control"}
+SUBCOMMAND = {"stun-server": "stun-server", "derp-server": "derp-server", "control-server": "control-server"}
 
 
 def service_args(host: Host, spec: ServiceSpec) -> tuple[str, ...]:

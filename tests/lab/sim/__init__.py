@@ -1,0 +1,1 @@
+"""Tests of the sim lab backend (toolkit/lab/sim)."""

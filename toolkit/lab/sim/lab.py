@@ -1,0 +1,310 @@
+"""``SimLab``: the ``sim`` backend of :class:`toolkit.lab.backend.Lab` (in-process, virtual clock, seeded).
+
+The network is a :class:`~toolkit.lab.sim.world.SimWorld`; this class adds the async
+:class:`~toolkit.lab.backend.Lab` interface every backend shares. Nothing here waits for real:
+
+* ``up()`` builds the world and starts the topology's services that run in the simulator today:
+  ``stun-server`` (:class:`~toolkit.sansio.stunserver.StunServerCore` on virtual sockets, RFC 5780
+  mode on a host with a second address, the same ``--listen`` arguments as the other backends,
+  :func:`toolkit.lab.labservices.service_args`). ``derp-server`` and ``control-server`` speak TCP,
+  which the simulator carries as packets but has no stream transport for yet (issue 6): ``up()``
+  lists them in :meth:`status` and the host's log as not simulated; :meth:`start_service` refuses them.
+* ``sleep(s)`` runs the virtual clock ``s`` seconds forward (every packet, timer and NAT timeout in
+  between happens), ``now()`` reads it. With ``realtime=True`` (``natkit lab up`` in the foreground, a
+  notebook that animates) ``sleep`` paces the virtual clock to the wall clock instead of jumping.
+* ``run(host, argv)`` runs the natkit commands the simulator implements in-process, taking virtual
+  time: ``natkit nat-type SERVER [--hairpin] [--lifetime] [--max-lifetime S] [--rto S] [--rc N]
+  [--rm N] [--format text|json]`` (the JSON is the CLI's; the text is a short verdict). ``timeout``
+  counts virtual seconds. Anything else is a :class:`~toolkit.errors.UsageError`.
+* ``open_capture`` taps any interface; packets carry virtual timestamps. ``nat_table`` reads the
+  NAT engine's table. ``logs(host)`` yields the host's lines (service starts, its machine's drops
+  and, for routers, NAT events as JSON trace records) and then waits for more until ``down()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from toolkit.errors import NatkitError, UsageError
+from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMapping, RunResult, ServiceHandle
+from toolkit.lab.labservices import service_args
+from toolkit.lab.sim.sockets import StunServerDriver
+from toolkit.lab.sim.world import SimWorld
+from toolkit.lab.topology import ServiceSpec, Topology
+from toolkit.sansio.natbehavior import NatBehaviorDiscovery
+from toolkit.sansio.trace import Tracer, TraceRecord
+from toolkit.timing import DEFAULT, Timing
+from toolkit.types import Endpoint
+
+SIMULATED = ("stun-server",)
+
+
+class SimService(ServiceHandle):
+    """A STUN server running in the simulator."""
+
+    def __init__(self, host: str, spec: ServiceSpec, driver: StunServerDriver, listening: Sequence[str]) -> None:
+        super().__init__(host, spec, listening)
+        self.driver = driver
+        self._lines = [f"natkit {spec.kind}: listening on {', '.join(listening)}"]
+
+    async def stop(self) -> None:
+        if self.driver.sockets:
+            self.driver.close()
+            self.driver.sockets.clear()
+            self._lines.append(f"natkit {self.spec.kind}: stopped ({self.driver.summary()})")
+
+    def logs(self) -> list[str]:
+        return list(self._lines)
+
+
+class SimLab(Lab):
+    """The in-process backend (see the module docstring). ``tracer`` also receives every trace record."""
+
+    backend = "sim"
+    persistent = False
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        name_prefix: str | None = None,
+        seed: int = 0,
+        timing: Timing = DEFAULT,
+        tracer: Tracer | None = None,
+        realtime: bool = False,
+    ) -> None:
+        super().__init__(topology, name_prefix=name_prefix, seed=seed, timing=timing)
+        self.tracer = tracer
+        self.realtime = realtime
+        self.world: SimWorld | None = None
+        self.services: list[SimService] = []
+        self.skipped: list[tuple[str, ServiceSpec]] = []
+        self._captures: list[tuple[Capture, Any]] = []
+        self._logs: dict[str, list[str]] = {}
+        self._log_event: asyncio.Event | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def up(self) -> None:
+        if self.world is not None:
+            return
+        self.world = SimWorld(self.topology, seed=self.seed, tracer=self._trace)
+        self._logs = {name: [] for name in self.world.machines}
+        for host in self.topology.hosts:
+            for spec in host.services:
+                if spec.kind in SIMULATED:
+                    await self.start_service(host.name, spec)
+                else:
+                    self.skipped.append((host.name, spec))
+                    self._log(
+                        host.name, f"natkit {spec.kind}: not simulated (TCP streams in the sim come with issue 6)"
+                    )
+
+    async def down(self) -> None:
+        for service in self.services:
+            await service.stop()
+        for capture, remove in self._captures:
+            remove()
+            capture.close()
+        self.services, self._captures, self.skipped = [], [], []
+        self.world = None
+        self._wake_logs()
+
+    def status(self) -> LabStatus:
+        up = self.world is not None
+        elements = []
+        for router in self.topology.routers:
+            addrs = tuple(f"{i.cidr} {i.name}" for i in self.topology.interfaces(router.name))
+            nat = f"nat {router.nat.name}" if router.nat is not None else "plain router"
+            elements.append(ElementStatus(router.name, "router", up, addrs, (), nat))
+        for host in self.topology.hosts:
+            addrs = tuple(f"{i.cidr} {i.name}" for i in self.topology.interfaces(host.name))
+            running = [f"{s.spec.kind} {', '.join(s.listening)}" for s in self.services if s.host == host.name]
+            running += [f"{spec.kind} (not simulated)" for h, spec in self.skipped if h == host.name]
+            elements.append(ElementStatus(host.name, "host", up, addrs, tuple(running), "node" if host.node else ""))
+        return LabStatus(self.name, self.backend, up, tuple(elements))
+
+    def _world(self) -> SimWorld:
+        if self.world is None:
+            raise UsageError(f"lab {self.name!r} is not up: call up() first")
+        return self.world
+
+    # --- per host / router -------------------------------------------------------------------------
+
+    async def run(self, host: str, argv: Sequence[str], *, timeout: float = 30.0) -> RunResult:
+        world = self._world()
+        world.machine(host)
+        args = list(argv)
+        if args[:3] == ["python", "-m", "toolkit"]:
+            args = args[3:]
+        elif args[:1] == ["natkit"]:
+            args = args[1:]
+        if not args or args[0] != "nat-type":
+            raise UsageError(f"the sim backend runs only `natkit nat-type ...` on hosts, not {' '.join(argv)!r}")
+        return self._nat_type(world, host, args[1:], timeout)
+
+    def _nat_type(self, world: SimWorld, host: str, argv: list[str], timeout: float) -> RunResult:
+        parser = _NatTypeParser(prog="natkit nat-type", add_help=False)
+        parser.add_argument("server")
+        parser.add_argument("--hairpin", action="store_true")
+        parser.add_argument("--lifetime", action="store_true")
+        parser.add_argument("--max-lifetime", type=float, default=60.0)
+        parser.add_argument("--rto", type=float, default=0.5)
+        parser.add_argument("--rc", type=int, default=4)
+        parser.add_argument("--rm", type=int, default=4)
+        parser.add_argument("--format", choices=("text", "json"), default="text")
+        args = parser.parse_args(argv)
+        server = Endpoint.parse(args.server if ":" in args.server else f"{args.server}:3478")
+        timing = self.timing.replace(stun_rto=args.rto, stun_rc=args.rc, stun_rm=args.rm)
+        discovery = NatBehaviorDiscovery(
+            server,
+            rng=world.sched.rand_bytes(f"discovery:{host}"),
+            timing=timing,
+            hairpin=args.hairpin,
+            lifetime=args.lifetime,
+            max_lifetime=args.max_lifetime,
+            lifetime_start=min(1.0, args.max_lifetime),
+            tracer=self._trace,
+            node=host,
+        )
+        from toolkit.lab.sim.sockets import DiscoveryDriver
+
+        driver = DiscoveryDriver(world.machine(host), discovery)
+        driver.start()
+        if not world.sched.run_while(lambda: not driver.done, timeout) or driver.report is None:
+            driver.close()
+            raise NatkitError(f"natkit nat-type on {host} did not finish within {timeout} simulated seconds")
+        report = driver.report
+        if args.format == "json":
+            return RunResult(0 if not report.udp_blocked else 1, json.dumps(report.to_dict(), indent=2) + "\n", "")
+        if report.udp_blocked:
+            return RunResult(
+                1, "", f"natkit: no answer from {server}: UDP is blocked, or no STUN server listens there\n"
+            )
+        lines = [
+            f"NAT behaviour discovery (RFC 5780) with STUN server {report.server}",
+            f"  local address    {report.local}",
+            f"  mapped address   {report.mapped}",
+            f"verdict: {report.verdict()}",
+            f"  mapping          {report.mapping or 'unknown'}",
+            f"  filtering        {report.filtering or 'unknown'}",
+        ]
+        if report.hairpinning is not None:
+            lines.append(f"  hairpinning      {'yes' if report.hairpinning else 'no'}")
+        return RunResult(0, "\n".join(lines) + "\n", "")
+
+    async def start_service(self, host: str, spec: ServiceSpec) -> ServiceHandle:
+        world = self._world()
+        h = self._host(host)
+        if spec.kind not in SIMULATED:
+            raise UsageError(f"the sim backend cannot run {spec.kind} yet (TCP streams come with issue 6)")
+        listen = _listen_args(service_args(h, spec))
+        if len(listen) > 2:
+            raise UsageError(f"{spec.kind} on {host}: the sim runs one or two --listen addresses, not {len(listen)}")
+        try:
+            driver = world.start_stun_server(host, listen)
+        except OSError as exc:
+            raise UsageError(f"{spec.kind} on {host}: cannot listen: {exc}") from None
+        service = SimService(host, spec, driver, [f"udp {ep}" for ep in driver.core.local_endpoints])
+        self.services.append(service)
+        self._log(host, service.logs()[0])
+        return service
+
+    async def open_capture(self, element: str, interface: str) -> Capture:
+        iface = self._world().interface(element, interface)
+        capture = Capture(element, interface)
+
+        def seen(time: float, direction: str, point: object, raw: bytes) -> None:
+            capture.feed(time, raw)
+
+        self._captures.append((capture, iface.capture.listen(seen)))
+        return capture
+
+    async def nat_table(self, router: str) -> list[NatMapping]:
+        self._nat_router(router)
+        return [
+            NatMapping(e.proto, e.private, e.public, e.remote, e.expires_in if e.expires_in != float("inf") else None)
+            for e in self._world().nat_table(router)
+        ]
+
+    async def logs(self, host: str) -> AsyncIterator[str]:
+        self._world().machine(host)
+        sent = 0
+        while True:
+            lines = self._logs.get(host, [])
+            while sent < len(lines):
+                yield lines[sent]
+                sent += 1
+            if self.world is None:
+                return
+            self._log_event = self._log_event or asyncio.Event()
+            self._log_event.clear()
+            await self._log_event.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        sched = self._world().sched
+        end = sched.now + seconds
+        if not self.realtime:
+            sched.run_until(end)
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        wall0, virtual0 = loop.time(), sched.now
+        while sched.now < end and self.world is not None:
+            nxt = sched.next_time()
+            target = end if nxt is None else min(nxt, end)
+            delay = (target - virtual0) - (loop.time() - wall0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sched.run_until(target)
+        await asyncio.sleep(0)
+
+    def now(self) -> float:
+        return self._world().sched.now if self.world is not None else 0.0
+
+    # --- logs and traces ---------------------------------------------------------------------------
+
+    def _log(self, host: str, line: str) -> None:
+        self._logs.setdefault(host, []).append(line)
+        self._wake_logs()
+
+    def _wake_logs(self) -> None:
+        if self._log_event is not None:
+            self._log_event.set()
+
+    def _trace(self, record: TraceRecord) -> None:
+        if self.tracer is not None:
+            self.tracer(record)
+        if record.node in self._logs:
+            self._log(record.node, json.dumps(trace_json(record)))
+
+
+def trace_json(record: TraceRecord) -> dict[str, Any]:
+    """A trace record as one JSON object (the form out-of-process nodes stream, design.md §2)."""
+    return {
+        "at": round(record.at, 6),
+        "node": record.node,
+        "peer": record.peer.hex() if record.peer is not None else None,
+        "kind": record.kind,
+        "detail": record.detail,
+        "reason": record.reason,
+        "endpoint": str(record.endpoint) if record.endpoint is not None else None,
+        "raw": record.raw.hex(),
+    }
+
+
+class _NatTypeParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"natkit nat-type: {message}")
+
+
+def _listen_args(args: Sequence[str]) -> list[Endpoint]:
+    return [Endpoint.parse(value) for flag, value in itertools.pairwise(args) if flag == "--listen"]
+
+
+__all__ = ["SimLab", "SimService", "trace_json"]

@@ -1,0 +1,188 @@
+"""A :class:`~toolkit.lab.topology.Topology` built as a simulated network: :class:`SimWorld` (synchronous).
+
+:class:`~toolkit.lab.sim.lab.SimLab` is the async :class:`~toolkit.lab.backend.Lab` over this; tests
+and notebooks that want plain function calls use the world directly::
+
+    world = SimWorld(topology, seed=1)
+    world.start_stun_servers()
+    report = world.discover_nat("alice")          # RFC 5780 discovery from a LAN host
+    world.sched.run_for(60)                        # let 60 virtual seconds pass
+
+What is built: one :class:`~toolkit.lab.sim.net.Segment` per topology segment, with its link
+properties (``latency`` one way, ``loss``, ``bandwidth``) on every interface attached to it; one
+:class:`~toolkit.lab.sim.net.Machine` per host (``eth0``) and per router (``wan``, ``lan``,
+forwarding on) with the addresses :meth:`Topology.interfaces` lists and the routes
+:meth:`Topology.routes` lists. A NAT router gets a :class:`~toolkit.lab.sim.nat.NatEngine` on
+``wan`` with its WAN address as the public address; a ``one_to_one`` NAT maps the one host on its
+LAN. Every random choice comes from the scheduler's streams for this seed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from toolkit.errors import UsageError
+from toolkit.lab.sim.capture import Capture, CapturePoint
+from toolkit.lab.sim.clock import Scheduler
+from toolkit.lab.sim.link import LinkParams
+from toolkit.lab.sim.nat import NatEngine, NatEntry
+from toolkit.lab.sim.net import Interface, Machine, Segment
+from toolkit.lab.sim.sockets import StunServerDriver, run_discovery
+from toolkit.lab.topology import Topology
+from toolkit.sansio.natbehavior import NatBehaviorDiscovery
+from toolkit.sansio.natreport import NatReport
+from toolkit.sansio.stunserver import StunServerCore
+from toolkit.sansio.trace import Tracer, TraceRecord
+from toolkit.timing import DEFAULT, Timing
+from toolkit.types import Endpoint
+
+STUN_PORT, STUN_ALT_PORT = 3478, 3479
+
+
+class SimWorld:
+    """The machines, segments and NATs of one topology on one virtual clock (see the module doc)."""
+
+    def __init__(self, topology: Topology, *, seed: int | str = 0, tracer: Tracer | None = None) -> None:
+        self.topology = topology
+        self.sched = Scheduler(seed)
+        self.tracer = tracer
+        self.segments: dict[str, Segment] = {}
+        self.machines: dict[str, Machine] = {}
+        self.stun_servers: dict[str, StunServerDriver] = {}
+        for seg in topology.segments:
+            params = LinkParams(latency=seg.latency, loss=seg.loss, bandwidth=seg.bandwidth)
+            self.segments[seg.name] = Segment(seg.name, self.sched, params)
+        for name in [r.name for r in topology.routers] + [h.name for h in topology.hosts]:
+            self._build(name)
+        for router in topology.routers:
+            if router.nat is not None:
+                self._add_nat(router.name)
+
+    def _build(self, name: str) -> None:
+        is_router = any(r.name == name for r in self.topology.routers)
+        machine = Machine(name, self.sched, forwarding=is_router, tracer=self.tracer)
+        self.machines[name] = machine
+        for spec in self.topology.interfaces(name):
+            addrs: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.v4, spec.prefixlen)]
+            addrs += [(ip, spec.prefixlen) for ip in spec.extra_v4]
+            if spec.v6 is not None:
+                addrs.append((spec.v6, spec.v6_prefixlen))
+            machine.add_interface(spec.name, self.segments[spec.segment], addrs)
+        for route in self.topology.routes(name):
+            machine.add_route(route.prefix, route.interface, route.via)
+
+    def _add_nat(self, name: str) -> None:
+        router = self.topology.router(name)
+        assert router.nat is not None
+        machine = self.machines[name]
+        wan_ip = router.wan_v4
+        lan_hosts = self.topology.hosts_on(router.lan)
+        host = lan_hosts[0].v4 if router.nat.one_to_one and len(lan_hosts) == 1 else None
+
+        def busy(proto: int, port: int) -> bool:
+            return machine.port_in_use(proto, wan_ip, port)
+
+        def event(kind: str, detail: str) -> None:
+            if self.tracer is not None:
+                self.tracer(TraceRecord(self.sched.now, name, None, "transition", detail, kind))
+
+        engine = NatEngine(
+            router.nat, wan_ip, self.sched.rng_for(f"nat:{name}"), port_busy=busy, host=host, on_event=event
+        )
+        machine.set_nat(engine, "wan")
+
+    # --- lookups ----------------------------------------------------------------------------------
+
+    def machine(self, name: str) -> Machine:
+        try:
+            return self.machines[name]
+        except KeyError:
+            self.topology.element(name)  # raises the UsageError listing the names
+            raise
+
+    def interface(self, element: str, interface: str) -> Interface:
+        machine = self.machine(element)
+        try:
+            return machine.interfaces[interface]
+        except KeyError:
+            names = ", ".join(machine.interfaces)
+            raise UsageError(f"{element!r} has no interface {interface!r}; interfaces: {names}") from None
+
+    def nat(self, router: str) -> NatEngine:
+        engine = self.machine(router).nat
+        if engine is None:
+            raise UsageError(f"router {router!r} is a plain router and has no NAT table")
+        return engine
+
+    def nat_table(self, router: str) -> list[NatEntry]:
+        """The live mappings of NAT router ``router`` now."""
+        return self.nat(router).table(self.sched.now)
+
+    def capture_points(self, elements: Iterable[str] | None = None) -> list[CapturePoint]:
+        names = list(self.machines) if elements is None else list(elements)
+        return [iface.capture for n in names for iface in self.machine(n).interfaces.values()]
+
+    def capture(self, element: str | None = None, interface: str | None = None) -> Capture:
+        """Start recording: one interface, every interface of ``element``, or (no arguments) every interface."""
+        if element is None:
+            return Capture(self.capture_points())
+        if interface is None:
+            return Capture(self.capture_points([element]))
+        return Capture([self.interface(element, interface).capture])
+
+    # --- services ---------------------------------------------------------------------------------
+
+    def start_stun_server(self, host: str, listen: list[Endpoint] | None = None) -> StunServerDriver:
+        """A STUN server on ``host``: RFC 5780 mode (V4:3478 + EXTRA:3479) when the host has two addresses."""
+        h = self.topology.host(host)
+        if listen is None:
+            listen = [Endpoint(h.v4, STUN_PORT)]
+            if h.extra_v4:
+                listen.append(Endpoint(h.extra_v4[0], STUN_ALT_PORT))
+        core = StunServerCore(listen[0], listen[1] if len(listen) > 1 else None, name=f"stun-server {host}")
+        driver = StunServerDriver(self.machine(host), core)
+        self.stun_servers[host] = driver
+        return driver
+
+    def start_stun_servers(self) -> None:
+        """A STUN server on every host whose services include ``stun-server``."""
+        for h in self.topology.hosts:
+            if any(s.kind == "stun-server" for s in h.services) and h.name not in self.stun_servers:
+                self.start_stun_server(h.name)
+
+    def stun_endpoint(self, host: str | None = None) -> Endpoint:
+        """The primary address of the STUN server on ``host`` (default: the first one started)."""
+        if host is None:
+            if not self.stun_servers:
+                raise UsageError("no STUN server runs in this lab: start one first")
+            host = next(iter(self.stun_servers))
+        return self.stun_servers[host].core.primary
+
+    def discover_nat(
+        self,
+        host: str,
+        server: Endpoint | None = None,
+        *,
+        hairpin: bool = False,
+        lifetime: bool = False,
+        max_lifetime: float = 60.0,
+        timing: Timing = DEFAULT,
+        tracer: Tracer | None = None,
+    ) -> NatReport:
+        """Run RFC 5780 discovery from ``host`` against ``server`` (default: the lab's STUN server)."""
+        discovery = NatBehaviorDiscovery(
+            server or self.stun_endpoint(),
+            rng=self.sched.rand_bytes(f"discovery:{host}"),
+            timing=timing,
+            hairpin=hairpin,
+            lifetime=lifetime,
+            max_lifetime=max_lifetime,
+            lifetime_start=min(1.0, max_lifetime),
+            tracer=tracer,
+            node=host,
+        )
+        return run_discovery(self.machine(host), discovery, timeout=max_lifetime * 4 + 600.0)
+
+
+__all__ = ["STUN_ALT_PORT", "STUN_PORT", "SimWorld"]
