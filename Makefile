@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.natkit-installed
 
 # Debian packages the suite drives for real (installed only when run as root on Debian/Ubuntu).
 DEB_PACKAGES := graphviz iproute2 nftables iptables tcpdump tshark wireguard-go wireguard-tools \
-                coturn stun-client conntrack procps iperf3 iputils-ping
+                coturn stun-client conntrack procps iperf3 iputils-ping \
+                docker.io docker-compose debootstrap
 
 .PHONY: demo test lint bench sysdeps venv clean
 

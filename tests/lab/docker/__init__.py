@@ -1,0 +1,1 @@
+"""Tests of the docker lab backend (toolkit/lab/docker): engine, offline images, compose, DockerLab."""
