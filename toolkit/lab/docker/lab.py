@@ -167,6 +167,8 @@ class DockerLab(Lab):
             eng.docker("network", "rm", *nets)
         with contextlib.suppress(OSError):
             self.compose_file().unlink()
+        with contextlib.suppress(OSError):
+            self.compose_file().parent.rmdir()  # only when nothing else (lab.json of `natkit lab up`) is left
 
     def _any_lab_left(self) -> bool:
         return bool(self.engine.docker("ps", "-aq", "--filter", f"label={compose.LABEL_LAB}").stdout.split())
