@@ -60,6 +60,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rel.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     rel.set_defaults(func=run_relay)
 
+    lab = bsub.add_parser(
+        "lab",
+        help="time to bring a two-NAT lab up (until reachable) and down on sim, netns and docker",
+        description="Bring a scenario up and down R times on each backend (interleaved) and print the medians, the "
+        "ratios and the goals (sim up < 50 ms, netns up < 0.5 s, docker up within 10x of netns). up = lab.up() "
+        "plus a probe until every service answers from the node hosts through their NATs; down = lab.down(). "
+        "Docker's engine start and image build happen before timing and are reported apart.",
+    )
+    lab.add_argument("--scenario", default="easy-easy", help="a scenario from `natkit lab list` (default easy-easy)")
+    lab.add_argument("--repeat", type=int, default=5, metavar="R", help="runs per backend; median reported (default 5)")
+    lab.add_argument(
+        "--backends",
+        metavar="LIST",
+        help="comma-separated backends to measure (default: sim,netns,docker; those that cannot run are skipped)",
+    )
+    lab.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    lab.set_defaults(func=run_lab)
+
 
 def run_make_pcap(args: argparse.Namespace) -> int:
     from toolkit.packets.benchmark import make_capture
@@ -113,3 +131,19 @@ def run_relay(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report) if args.format == "json" else format_report(report))
     return 0
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    import sys
+
+    from toolkit.lab.benchlab import format_report as format_lab_report
+    from toolkit.lab.benchlab import run_lab_bench
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    report = run_lab_bench(args.scenario, args.repeat, backends, explicit=args.backends is not None, progress=progress)
+    print(json.dumps(report) if args.format == "json" else format_lab_report(report))
+    failed = [b for b in ("sim", "netns", "docker") if isinstance(report.get(b), dict) and report[b].get("error")]
+    return 1 if failed else 0

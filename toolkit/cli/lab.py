@@ -11,6 +11,11 @@ any shell. A ``sim`` lab lives inside this process: the command prints the statu
 lab running in the foreground (virtual time follows the wall clock) until Ctrl-C or SIGTERM, or for
 ``--duration`` seconds, and takes it down on the way out. NAME defaults to the scenario name.
 
+``--backend docker`` uses a Docker engine that answers, else starts Debian's ``dockerd`` (recorded in the
+lab's state; ``natkit lab down`` stops it again once no natkit lab container is left), and builds the
+images offline (debootstrap base) when ``$NATKIT_DOCKER_OFFLINE=1`` or no registry answers, else from
+``python:3.11-slim`` (:func:`toolkit.lab.benchlab.docker_offline`).
+
 ``natkit lab down NAME`` removes a persistent lab (also one whose ``up`` failed half-way).
 ``natkit lab status [NAME]`` prints one lab's hosts and routers, or every recorded lab.
 
@@ -29,6 +34,7 @@ from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
     from toolkit.lab.backend import Lab
+    from toolkit.lab.topology import Topology
 
 BACKEND_CHOICES = ("sim", "netns", "docker")
 
@@ -113,12 +119,16 @@ def run_up(args: argparse.Namespace) -> int:
         raise UsageError(f"--duration is for the sim backend; stop a {args.backend} lab with `natkit lab down`")
     if lab.name in list_states():
         raise UsageError(f"a lab named {lab.name!r} is already up; `natkit lab down {lab.name}` or choose --name")
-    save_state(lab, str(path))  # first, so `natkit lab down` can clean up a crashed up()
+    extra: dict[str, object] = {}
+    if args.backend == "docker":
+        lab, extra = _docker_lab(cls, topology, args)
+    save_state(lab, str(path), extra)  # first, so `natkit lab down` can clean up a crashed up()
     try:
         asyncio.run(lab.up())
     except BaseException:
         asyncio.run(lab.down())
         remove_state(lab.name)
+        _stop_docker_engine(extra)
         raise
     print(lab.status().format())
     print(f"natkit lab: {lab.name} is up; `natkit lab down {lab.name}` removes it")
@@ -152,13 +162,61 @@ async def _foreground(lab: Lab, duration: float | None) -> int:
     return 0
 
 
-def run_down(args: argparse.Namespace) -> int:
-    from toolkit.lab.registry import attach, remove_state
+def _docker_lab(cls: type[Lab], topology: Topology, args: argparse.Namespace) -> tuple[Lab, dict[str, object]]:
+    """A docker lab with its engine found (or dockerd started, recorded so `down` stops it) and images
+    online or offline as :func:`toolkit.lab.benchlab.docker_offline` decides (``$NATKIT_DOCKER_OFFLINE``,
+    else offline when no registry answers)."""
+    from toolkit.errors import NatkitError
+    from toolkit.lab.benchlab import docker_offline
+    from toolkit.lab.docker import engine as engine_mod
 
+    eng = engine_mod.find_engine()
+    extra: dict[str, object] = {}
+    if eng is None:
+        try:
+            eng = engine_mod.start_engine()
+        except NatkitError as exc:
+            raise UsageError(f"the docker backend needs a Docker engine: {exc}") from None
+        extra["docker_engine"] = {"host": eng.host, "pid": eng.pid, "started_by_lab": True}
+    offline, why = docker_offline(eng)
+    print(f"natkit lab: docker engine {eng.host}; images {'offline' if offline else 'online'} ({why})", flush=True)
+    lab = cls(topology, name_prefix=args.name, seed=args.seed, engine=eng, offline=offline)  # type: ignore[call-arg]
+    return lab, extra
+
+
+def _stop_docker_engine(state: dict[str, object]) -> None:
+    """Stop the dockerd `natkit lab up` started for this lab, once no natkit lab container is left on it."""
+    info = state.get("docker_engine")
+    if not isinstance(info, dict) or not info.get("started_by_lab") or not isinstance(info.get("pid"), int):
+        return
+    from toolkit.lab.docker import engine as engine_mod
+    from toolkit.lab.docker.compose import LABEL_LAB
+
+    eng = engine_mod.find_engine()
+    if eng is None or eng.host != info.get("host"):
+        return
+    if eng.docker("ps", "-aq", "--filter", f"label={LABEL_LAB}", check=False).stdout.split():
+        return  # other labs still use it
+    pidfile = engine_mod.STATE_DIR / "dockerd.pid"
+    try:
+        same = int(pidfile.read_text().strip()) == info["pid"]
+    except (OSError, ValueError):
+        same = False
+    if same:
+        engine_mod.stop_engine(engine_mod.Engine(eng.host, eng.cli, eng.version, started=True, pid=int(info["pid"])))
+        print(f"natkit lab: stopped the Docker engine (dockerd pid {info['pid']}) `natkit lab up` started")
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from toolkit.lab.registry import attach, read_state, remove_state
+
+    state = read_state(args.name)
     lab = attach(args.name)
     asyncio.run(lab.down())
     remove_state(args.name)
     print(f"natkit lab: {args.name} down")
+    if state.get("backend") == "docker":
+        _stop_docker_engine(state)
     return 0
 
 

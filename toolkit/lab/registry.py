@@ -115,8 +115,10 @@ def open_lab(topology_or_path: Topology | str | Path, backend: str = DEFAULT_BAC
 # --- state of persistent labs ------------------------------------------------------------------------
 
 
-def save_state(lab: Lab, scenario: str = "") -> Path:
-    """Record ``lab`` in its state directory so other shells can find it; returns the state file."""
+def save_state(lab: Lab, scenario: str = "", extra: dict[str, Any] | None = None) -> Path:
+    """Record ``lab`` in its state directory so other shells can find it; returns the state file.
+
+    ``extra``: backend-specific facts for later shells (docker: the engine ``natkit lab up`` started)."""
     directory = state_dir(lab.name)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -125,6 +127,7 @@ def save_state(lab: Lab, scenario: str = "") -> Path:
         "seed": lab.seed,
         "scenario": scenario,
         "topology": lab.topology.to_dict(),
+        **(extra or {}),
     }
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")

@@ -1,0 +1,541 @@
+"""``natkit bench lab``: how long a two-NAT lab takes to come up and go down on sim, netns and docker (issue 5).
+
+What one run measures, on every backend, with :func:`time.perf_counter` in this process:
+
+* **up** = ``await lab.up()`` (network built: namespaces / containers, links, addresses, routes, the NAT
+  routers' nftables rules; every service of the topology started and printing its ``listening on`` line)
+  **plus** a reachability probe that must succeed: from every node host (alice, bob: behind their NATs) a
+  STUN Binding Request to every STUN server address answered with a success response (its XOR-MAPPED-ADDRESS
+  must be the NAT router's WAN address, i.e. the packet really went through the NAT), and a TCP connection
+  accepted by every DERP and control server. The probe is a tiny stdlib-only Python program run on the host
+  (``lab.run``: ``ip netns exec`` / ``docker exec``), retrying until everything answers; in ``sim`` it is a
+  virtual UDP socket on the host and the STUN part only (the sim does not run TCP services yet).
+  ``lab_up`` and ``probe`` are also reported apart.
+* **down** = ``await lab.down()``; afterwards (not timed) the bench checks nothing of the lab is left
+  (``nk-NAME-*`` namespaces; containers and networks labelled ``org.natkit.lab=NAME``).
+
+Runs are interleaved (round i runs every backend once) so load from other processes hits all alike; the
+median of R runs is reported, with the ratios and the goals: sim up < 50 ms, netns up < 0.5 s, docker up
+within 10x of netns.
+
+Docker preparation happens before any timing and is reported apart: the engine (one that answers, else
+Debian's ``dockerd`` started by the bench and stopped at the end), then the node and router images
+(:func:`toolkit.lab.docker.images.ensure_images`). Offline or online images (:func:`docker_offline`):
+``$NATKIT_DOCKER_OFFLINE`` (1/yes or 0/no) decides when set; else online if ``python:3.11-slim`` is already
+in the engine or a registry answers (TCP to registry-1.docker.io:443 within 3 s), offline otherwise.
+
+A backend that cannot run here (not root, no Docker) is skipped with one line saying why and how to
+enable it (:class:`Skipped`); the caller decides the exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.codec import stun
+from toolkit.errors import NatkitError, UsageError
+from toolkit.lab.backend import Lab
+from toolkit.lab.labservices import listen_port, service_args
+from toolkit.lab.topology import Topology
+from toolkit.types import Endpoint, TxID
+
+BACKENDS = ("sim", "netns", "docker")
+GOAL_SIM_UP = 0.050  # seconds
+GOAL_NETNS_UP = 0.5  # seconds
+GOAL_DOCKER_VS_NETNS = 10.0  # docker up / netns up at most
+PROBE_DEADLINE = 20.0  # seconds the probe may retry before the lab counts as not reachable
+REGISTRY = ("registry-1.docker.io", 443)
+MEASURED = (
+    "up = lab.up() (network, NAT rules, every service listening) + a probe until reachable: STUN Binding from "
+    "each node host through its NAT to every STUN address (mapped address = the NAT's WAN address) and a TCP "
+    "connect to every DERP/control server (sim: STUN only); down = lab.down(). Wall clock, median of runs."
+)
+
+Progress = Callable[[str], None]
+
+# Run on a lab host with `python3 -I -S -c PROBE DEADLINE TARGET...`; TARGET = "udp,IP,PORT,HEX" | "tcp,IP,PORT,".
+# Stdlib only and no site import, so it starts in ~15 ms. Prints "ok KIND IP:PORT [HEX]" per target.
+PROBE = r"""
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[1]); bad = 0
+for spec in sys.argv[2:]:
+    kind, ip, port, req = spec.split(","); dst = (ip, int(port)); got = None
+    while got is None and time.monotonic() < end:
+        try:
+            if kind == "tcp":
+                socket.create_connection(dst, 0.2).close(); got = ""
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.1)
+                s.sendto(bytes.fromhex(req), dst)
+                while got is None:
+                    data, src = s.recvfrom(2048)
+                    if data[8:20] == bytes.fromhex(req)[8:20]: got = data.hex()
+                s.close()
+        except OSError:
+            time.sleep(0.01)
+    print("ok" if got is not None else "fail", kind, "%s:%s" % dst, got or "", flush=True); bad += got is None
+sys.exit(1 if bad else 0)
+"""
+
+
+@dataclass(frozen=True)
+class Skipped(Exception):
+    """A backend that cannot run here: why, and how to enable it."""
+
+    backend: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}: skipped: {self.reason}"
+
+
+def check_backend(name: str) -> None:
+    """Raise :class:`Skipped` if backend ``name`` cannot run on this machine (cheap checks, nothing started)."""
+    if name == "netns":
+        if os.geteuid() != 0:
+            raise Skipped(name, "needs root (network namespaces, nftables): run `sudo natkit bench lab`")
+        for tool, pkg in (("ip", "iproute2"), ("nft", "nftables")):
+            if shutil.which(tool) is None:
+                raise Skipped(name, f"`{tool}` is missing: install the Debian package {pkg}")
+    elif name == "docker":
+        from toolkit.lab.docker import engine
+
+        if shutil.which("docker") is None:
+            raise Skipped(name, "no docker client: install the Debian package docker.io (or Docker)")
+        if shutil.which("docker-compose") is None and not _compose_plugin():
+            raise Skipped(name, "no compose: install the Debian package docker-compose")
+        if engine.find_engine() is None and (os.geteuid() != 0 or shutil.which("dockerd") is None):
+            raise Skipped(
+                name,
+                "no Docker engine answers: start one (systemctl start docker), or run as root with the Debian "
+                "package docker.io installed so the bench starts dockerd itself",
+            )
+    elif name != "sim":
+        raise UsageError(f"unknown lab backend {name!r}; backends: {', '.join(BACKENDS)}")
+
+
+def _compose_plugin() -> bool:
+    try:
+        done = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def registry_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to Docker Hub's registry succeeds within ``timeout`` seconds."""
+    try:
+        socket.create_connection(REGISTRY, timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def docker_offline(eng: Any) -> tuple[bool, str]:
+    """(offline?, why) for building the docker images with engine ``eng`` (rules in the module docstring)."""
+    from toolkit.lab.docker import images
+
+    env = os.environ.get("NATKIT_DOCKER_OFFLINE", "").strip().lower()
+    if env in {"1", "yes", "true"}:
+        return True, "NATKIT_DOCKER_OFFLINE=1"
+    if env in {"0", "no", "false"}:
+        return False, "NATKIT_DOCKER_OFFLINE=0"
+    if images.image_exists(eng, images.ONLINE_BASE):
+        return False, f"{images.ONLINE_BASE} is in the engine"
+    if registry_reachable():
+        return False, f"{REGISTRY[0]} answers"
+    return True, f"no registry reachable ({REGISTRY[0]}); base from debootstrap"
+
+
+# --- probes -------------------------------------------------------------------------------------------
+
+
+def probe_sources(topo: Topology) -> list[str]:
+    """The hosts the probe runs on: node hosts, else hosts behind a router, else the first host."""
+    return [h.name for h in (topo.nodes() or topo.lan_hosts() or topo.hosts[:1])]
+
+
+def probe_targets(topo: Topology, *, tcp: bool = True) -> list[tuple[str, Endpoint]]:
+    """("udp"|"tcp", endpoint) of every service of the topology (STUN: every --listen address)."""
+    found: list[tuple[str, Endpoint]] = []
+    for host in topo.hosts:
+        for spec in host.services:
+            if spec.kind == "stun-server":
+                args = service_args(host, spec)
+                found += [("udp", Endpoint.parse(v)) for f, v in itertools.pairwise(args) if f == "--listen"]
+            elif tcp:
+                found.append(("tcp", Endpoint.parse(f"{host.v4}:{listen_port(host, spec)}")))
+    return found
+
+
+def expected_public(topo: Topology, host: str) -> str:
+    """The address STUN servers see ``host`` as: the WAN address of the outermost NAT, else its own."""
+    nats = [r for r in topo.path_to_internet(host) if r.nat is not None]
+    return str(nats[-1].wan_v4) if nats else str(topo.host(host).v4)
+
+
+def check_stun(host: str, target: Endpoint, answer: bytes, public: str) -> str:
+    """The mapped endpoint of a STUN answer; :class:`NatkitError` unless it is a success through the NAT."""
+    msg = stun.decode(answer)
+    mapped = msg.mapped_endpoint
+    if msg.msg_class is not stun.Class.SUCCESS or mapped is None:
+        raise NatkitError(f"probe from {host}: {target} answered without a mapped address")
+    if str(mapped.ip) != public:
+        raise NatkitError(f"probe from {host}: {target} saw {mapped}, not the NAT's WAN address {public}")
+    return str(mapped)
+
+
+async def probe(lab: Lab) -> list[str]:
+    """Wait until every service answers from every probe host; one line per answer ("alice -> ... mapped ...")."""
+    topo = lab.topology
+    if lab.backend == "sim":
+        return _probe_sim(lab)
+    python = sys.executable if lab.backend == "netns" else "python3"
+    results = await asyncio.gather(*(_probe_host(lab, python, h) for h in probe_sources(topo)))
+    return [line for lines in results for line in lines]
+
+
+async def _probe_host(lab: Lab, python: str, host: str) -> list[str]:
+    targets = probe_targets(lab.topology)
+    args = []
+    for kind, ep in targets:
+        req = stun.binding_request(TxID(secrets.token_bytes(12))).hex() if kind == "udp" else ""
+        args.append(f"{kind},{ep.ip},{ep.port},{req}")
+    result = await lab.run(host, [python, "-I", "-S", "-c", PROBE, str(PROBE_DEADLINE), *args],
+                           timeout=PROBE_DEADLINE + 10)  # fmt: skip
+    lines = result.stdout.split("\n")
+    if not result.ok:
+        failed = [ln for ln in lines if ln.startswith("fail")] or [result.stderr.strip()[-200:]]
+        raise NatkitError(f"probe from {host}: not reachable after {PROBE_DEADLINE:.0f}s: {'; '.join(failed)}")
+    public = expected_public(lab.topology, host)
+    report = []
+    for line in filter(None, lines):
+        _, kind, where, answer = [*line.split(" "), ""][:4]
+        if kind == "udp":
+            mapped = check_stun(host, Endpoint.parse(where), bytes.fromhex(answer), public)
+            report.append(f"{host} -> stun {where}: mapped {mapped}")
+        else:
+            report.append(f"{host} -> tcp {where}: connected")
+    return report
+
+
+def _probe_sim(lab: Lab) -> list[str]:
+    from toolkit.lab.sim import SimLab
+    from toolkit.lab.sim.sockets import UdpSocket
+
+    assert isinstance(lab, SimLab) and lab.world is not None
+    world, report = lab.world, []
+    for host in probe_sources(lab.topology):
+        public = expected_public(lab.topology, host)
+        for _, target in probe_targets(lab.topology, tcp=False):
+            sock = UdpSocket(world.machine(host))
+            try:
+                sock.sendto(stun.binding_request(TxID(secrets.token_bytes(12))), target)
+                if not world.sched.run_while(lambda s=sock: not s.inbox, 5.0):  # type: ignore[misc]
+                    raise NatkitError(f"probe from {host}: no answer from {target} in the sim")
+                data, _ = sock.inbox.popleft()
+            finally:
+                sock.close()
+            report.append(f"{host} -> stun {target}: mapped {check_stun(host, target, data, public)}")
+    return report
+
+
+# --- preparation, runs, report ------------------------------------------------------------------------
+
+
+@dataclass
+class DockerPrep:
+    """What the bench set up for docker before timing: the engine, the offline choice, the images."""
+
+    engine: Any
+    started: bool
+    engine_seconds: float
+    offline: bool
+    offline_reason: str
+    images: Any
+    images_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine.host,
+            "engine_version": self.engine.version,
+            "engine_started_by_bench": self.started,
+            "engine_seconds": round(self.engine_seconds, 3),
+            "offline": self.offline,
+            "offline_reason": self.offline_reason,
+            "images": [self.images.node, self.images.router],
+            "images_seconds": round(self.images_seconds, 3),
+            "images_build_seconds": {k: round(v, 3) for k, v in self.images.seconds.items()},
+        }
+
+
+def prepare_docker(progress: Progress) -> DockerPrep:
+    """Engine (found or started) and images (built if missing), before any timing; :class:`Skipped` on failure."""
+    from toolkit.lab.docker import engine as engine_mod
+    from toolkit.lab.docker import images
+
+    started = time.perf_counter()
+    eng, own = engine_mod.find_engine(), False
+    if eng is None:
+        progress("docker: no engine answers; starting dockerd ...")
+        try:
+            eng, own = engine_mod.start_engine(), True
+        except NatkitError as exc:
+            raise Skipped("docker", str(exc)) from None
+    engine_seconds = time.perf_counter() - started
+    progress(f"docker: engine {eng.host} (docker {eng.version}{', started by the bench' if own else ''})")
+    try:
+        offline, why = docker_offline(eng)
+        progress(f"docker: building images if missing ({'offline' if offline else 'online'}: {why}) ...")
+        started = time.perf_counter()
+        imgs = images.ensure_images(eng, offline=offline)
+    except (NatkitError, OSError) as exc:
+        engine_mod.stop_engine(eng)
+        hint = "set NATKIT_DOCKER_OFFLINE=0 with a registry, or install debootstrap (offline base)"
+        raise Skipped("docker", f"the node/router images cannot be built: {exc} ({hint})") from None
+    images_seconds = time.perf_counter() - started
+    progress(f"docker: images {imgs.node}, {imgs.router} ready in {images_seconds:.1f} s")
+    return DockerPrep(eng, own, engine_seconds, offline, why, imgs, images_seconds)
+
+
+def make_lab(backend: str, topo: Topology, prefix: str, docker: DockerPrep | None) -> Lab:
+    from toolkit.lab.registry import backend_class
+
+    if backend == "docker":
+        from toolkit.lab.docker import DockerLab
+
+        assert docker is not None
+        return DockerLab(topo, name_prefix=prefix, engine=docker.engine, offline=docker.offline, images=docker.images)
+    return backend_class(backend)(topo, name_prefix=prefix)
+
+
+def leftovers(lab: Lab) -> list[str]:
+    """What still exists of ``lab`` after ``down()`` (should be nothing)."""
+    if lab.backend == "netns":
+        from toolkit.lab.netns import plumbing
+
+        return plumbing.existing_namespaces(lab.name)
+    if lab.backend == "docker":
+        from toolkit.lab.docker.compose import LABEL_LAB
+
+        eng, label = lab.engine, f"label={LABEL_LAB}={lab.name}"  # type: ignore[attr-defined]
+        found = eng.docker("ps", "-a", "--format", "container {{.Names}}", "--filter", label).stdout.split("\n")
+        found += eng.docker("network", "ls", "--format", "network {{.Name}}", "--filter", label).stdout.split("\n")
+        return [f for f in found if f]
+    return ["sim world"] if getattr(lab, "world", None) is not None else []
+
+
+async def one_run(backend: str, topo: Topology, docker: DockerPrep | None) -> dict[str, Any]:
+    """Bring one lab up (until reachable) and down; seconds of each phase, probe lines, leftovers."""
+    lab = make_lab(backend, topo, f"b{secrets.token_hex(5)}", docker)
+    try:
+        t0 = time.perf_counter()
+        await lab.up()
+        t1 = time.perf_counter()
+        lines = await probe(lab)
+        t2 = time.perf_counter()
+    except BaseException:
+        await lab.down()
+        raise
+    await lab.down()
+    t3 = time.perf_counter()
+    left = await asyncio.to_thread(leftovers, lab)
+    return {"up": t2 - t0, "lab_up": t1 - t0, "probe": t2 - t1, "down": t3 - t2, "probe_lines": lines, "left": left}
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+async def _bench(
+    topo: Topology, repeat: int, backends: list[str], docker: DockerPrep | None, progress: Progress
+) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {b: {"runs": [], "error": None} for b in backends}
+    for i in range(repeat):  # interleaved: load from elsewhere hits every backend alike
+        for backend in backends:
+            res = results[backend]
+            if res["error"]:
+                continue
+            try:
+                run = await one_run(backend, topo, docker)
+            except (NatkitError, UsageError, OSError) as exc:
+                res["error"] = str(exc)
+                progress(f"{backend}: run {i + 1}/{repeat} failed: {exc}")
+                continue
+            res["runs"].append(run)
+            note = f"; LEFT BEHIND: {', '.join(run['left'])}" if run["left"] else ""
+            progress(
+                f"{backend}: run {i + 1}/{repeat}: up {run['up'] * 1000:.1f} ms (lab.up {run['lab_up'] * 1000:.1f}"
+                f" + probe {run['probe'] * 1000:.1f}), down {run['down'] * 1000:.1f} ms{note}"
+            )
+    return results
+
+
+def run_lab_bench(
+    scenario: str = "easy-easy",
+    repeat: int = 5,
+    backends: list[str] | None = None,
+    *,
+    explicit: bool = False,
+    progress: Progress = lambda line: None,
+) -> dict[str, Any]:
+    """Measure every backend that can run (module docstring); a JSON-able report.
+
+    ``explicit``: the user named ``backends``; then none of them being able to run is a UsageError."""
+    from toolkit.lab.registry import load_topology, scenario_path
+
+    if repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {repeat}")
+    wanted = list(dict.fromkeys(backends or BACKENDS))
+    for name in wanted:
+        if name not in BACKENDS:
+            raise UsageError(f"unknown lab backend {name!r}; backends: {', '.join(BACKENDS)}")
+    path = scenario_path(scenario)
+    topo = load_topology(path)
+    skipped: dict[str, str] = {}
+    runnable = []
+    for name in wanted:
+        try:
+            check_backend(name)
+            runnable.append(name)
+        except Skipped as exc:
+            skipped[name] = exc.reason
+    docker: DockerPrep | None = None
+    if "docker" in runnable:
+        try:
+            docker = prepare_docker(progress)
+        except Skipped as exc:
+            runnable.remove("docker")
+            skipped["docker"] = exc.reason
+    if explicit and not runnable:  # the user named only backends that cannot run: one line, exit 2
+        raise UsageError("; ".join(f"{b}: {r}" for b, r in skipped.items()))
+    for name, reason in skipped.items():
+        progress(f"{name}: skipped: {reason}")
+    progress(f"measuring {', '.join(runnable)}: {repeat} run(s) each of scenario {topo.name} ({path})")
+    try:
+        results = asyncio.run(_bench(topo, repeat, runnable, docker, progress))
+    finally:
+        if docker is not None and docker.started:
+            from toolkit.lab.docker import engine as engine_mod
+
+            progress("docker: stopping the dockerd the bench started")
+            engine_mod.stop_engine(docker.engine)
+    return _report(topo.name, repeat, results, skipped, docker)
+
+
+def _report(
+    scenario: str, repeat: int, results: dict[str, dict[str, Any]], skipped: dict[str, str], docker: DockerPrep | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"scenario": scenario, "repeat": repeat, "measured": MEASURED, "skipped": skipped}
+    med: dict[str, float] = {}
+    for name, res in results.items():
+        runs = res["runs"]
+        entry: dict[str, Any] = {"error": res["error"], "runs": len(runs)}
+        for key in ("up", "lab_up", "probe", "down"):
+            entry[key] = [round(r[key], 6) for r in runs]
+            entry[f"median_{key}"] = round(_median([r[key] for r in runs]), 6) if runs else None
+        entry["left_behind"] = sorted({x for r in runs for x in r["left"]})
+        entry["probe_lines"] = runs[-1]["probe_lines"] if runs else []
+        if runs and not res["error"]:
+            med[name] = _median([r["up"] for r in runs])
+        out[name] = entry
+    if docker is not None:
+        out.setdefault("docker", {})["prepare"] = docker.to_dict()
+    goals: dict[str, Any] = {}
+    if "sim" in med:
+        goals["sim_up"] = {"goal": f"< {GOAL_SIM_UP * 1000:.0f} ms", "met": med["sim"] < GOAL_SIM_UP}
+    if "netns" in med:
+        goals["netns_up"] = {"goal": f"< {GOAL_NETNS_UP} s", "met": med["netns"] < GOAL_NETNS_UP}
+    if "docker" in med and "netns" in med:
+        ratio = med["docker"] / med["netns"]
+        goals["docker_up"] = {"goal": f"<= {GOAL_DOCKER_VS_NETNS:.0f}x netns", "met": ratio <= GOAL_DOCKER_VS_NETNS}
+    out["goals"] = goals
+    ratios: dict[str, dict[str, float]] = {}
+    for a, b in (("netns", "sim"), ("docker", "netns"), ("docker", "sim")):
+        if a in med and b in med:
+            ra, rb = out[a], out[b]
+            ratios[f"{a}/{b}"] = {
+                "up": round(ra["median_up"] / rb["median_up"], 2),
+                "down": round(ra["median_down"] / rb["median_down"], 2) if rb["median_down"] else float("inf"),
+            }
+    out["ratios"] = ratios
+    return out
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.1f} ms"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The text ``natkit bench lab`` prints."""
+    lines = [f"lab bench: scenario {report['scenario']}, median of {report['repeat']} run(s) per backend"]
+    lines.append(f"measured: {report['measured']}")
+    lines.append(f"{'backend':<8} {'up':>11} {'(lab.up':>11} {'+ probe)':>11} {'down':>11}  goal")
+    goal_keys = {"sim": "sim_up", "netns": "netns_up", "docker": "docker_up"}
+    for name in BACKENDS:
+        entry = report.get(name)
+        if entry is None or "runs" not in entry:
+            continue
+        goal = report["goals"].get(goal_keys[name])
+        if name == "docker" and goal is not None:
+            ratio = report["ratios"]["docker/netns"]["up"]
+            verdict = f"up {goal['goal']} ({ratio:.1f}x): {'met' if goal['met'] else 'NOT met'}"
+        elif goal is not None:
+            verdict = f"up {goal['goal']}: {'met' if goal['met'] else 'NOT met'}"
+        else:
+            verdict = "up <= 10x netns: netns not measured" if name == "docker" else "-"
+        lines.append(
+            f"{name:<8} {_ms(entry['median_up']):>11} {_ms(entry['median_lab_up']):>11} "
+            f"{_ms(entry['median_probe']):>11} {_ms(entry['median_down']):>11}  {verdict}"
+        )
+        runs = ", ".join(f"{u * 1000:.0f}/{d * 1000:.0f}" for u, d in zip(entry["up"], entry["down"], strict=True))
+        lines.append(f"{'':<8} runs up/down ms: {runs or 'none'}")
+        if entry["error"]:
+            lines.append(f"{'':<8} FAILED: {entry['error']}")
+        if entry["left_behind"]:
+            lines.append(f"{'':<8} LEFT BEHIND after down: {', '.join(entry['left_behind'])}")
+    if report["ratios"]:
+        ratios = "; ".join(f"{k} {v['up']:.1f}x / {v['down']:.1f}x" for k, v in report["ratios"].items())
+        lines.append(f"ratios (up / down): {ratios}")
+    prep = report.get("docker", {}).get("prepare")
+    if prep:
+        build = ", ".join(f"{k} {v:.1f} s" for k, v in prep["images_build_seconds"].items())
+        started = f", started by the bench in {prep['engine_seconds']:.1f} s" if prep["engine_started_by_bench"] else ""
+        lines.append(
+            f"docker preparation (not in up): engine {prep['engine']} (docker {prep['engine_version']}"
+            f"{started});"
+            f" images {'offline' if prep['offline'] else 'online'} ({prep['offline_reason']}): "
+            f"{prep['images_seconds']:.1f} s ({build}; 0 = cached)"
+        )
+    for name, reason in report["skipped"].items():
+        lines.append(f"{name}: skipped: {reason}")
+    for name in BACKENDS:
+        probe_lines = report.get(name, {}).get("probe_lines")
+        if probe_lines:
+            lines.append(f"{name} probe (last run): {'; '.join(probe_lines)}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BACKENDS",
+    "MEASURED",
+    "DockerPrep",
+    "Skipped",
+    "check_backend",
+    "docker_offline",
+    "format_report",
+    "probe",
+    "run_lab_bench",
+]
