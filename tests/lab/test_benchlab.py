@@ -10,7 +10,7 @@ import pytest
 from tests.support import require_root, require_tool
 from toolkit.cli import main
 from toolkit.errors import UsageError
-from toolkit.lab import benchlab
+from toolkit.lab import benchlab, labprobe
 from toolkit.lab.registry import load_topology
 
 
@@ -30,11 +30,11 @@ def test_sim_bench_probes_through_each_nat() -> None:
 
 def test_probe_targets_and_expected_addresses() -> None:
     topo = load_topology("cgnat")
-    targets = {f"{kind} {ep}" for kind, ep in benchlab.probe_targets(topo)}
+    targets = {f"{kind} {ep}" for kind, ep in labprobe.probe_targets(topo)}
     assert {"udp 198.51.100.10:3478", "udp 198.51.100.11:3479", "tcp 198.51.100.20:3340"} <= targets
-    for host in benchlab.probe_sources(topo):  # behind two NATs: the outer one's WAN address is what STUN sees
+    for host in labprobe.probe_sources(topo):  # behind two NATs: the outer one's WAN address is what STUN sees
         outer = [r for r in topo.path_to_internet(host) if r.nat is not None][-1]
-        assert benchlab.expected_public(topo, host) == str(outer.wan_v4)
+        assert labprobe.expected_public(topo, host) == str(outer.wan_v4)
         assert outer.wan == "internet"
 
 
