@@ -245,6 +245,8 @@ def test_nothing_survives_a_crash_or_ctrl_c(how: str) -> None:
         assert pids and all(Path(f"/proc/{pid}").exists() for pid in pids)
         # a stray process started by hand in a lab namespace: `down` must end it too
         stray = subprocess.Popen(["ip", "netns", "exec", state.namespaces[-1], "sleep", "60"])
+        # only once it really runs inside the namespace (ip netns exec enters it after the fork)
+        assert wait_until(lambda: str(stray.pid) in _ns_pids(state.namespaces[-1]), 10)
         if how == "sigkill":
             proc.kill()
             proc.wait(10)
@@ -355,3 +357,8 @@ def test_cli_lab_outlives_up_and_down_removes_it() -> None:
         _gone(lab, [p.pid for p in state.processes])
     finally:
         run(lab.down())
+
+
+def _ns_pids(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout
+    return out.split()
