@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import require_tool
+from tests.support import port_free, require_tool
 from toolkit.codec import stun
 from toolkit.types import TxID
 
@@ -40,15 +40,8 @@ class Coturn:
 
 
 def ports_free(ips: Sequence[str], port: int) -> bool:
-    for ip in ips:
-        for p in (port, port + 1):
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                with socket.socket(socket.AF_INET, kind) as s:
-                    try:
-                        s.bind((ip, p))
-                    except OSError:
-                        return False
-    return True
+    """``port`` and ``port + 1`` free for UDP and TCP on every address."""
+    return all(port_free(ip, p) for ip in ips for p in (port, port + 1))
 
 
 def exchange(

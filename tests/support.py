@@ -62,6 +62,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
     return bool(predicate())
 
 
+def port_free(ip: str, port: int) -> bool:
+    """Whether ``ip:port`` can be bound for both UDP and TCP right now (IPv4)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((ip, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_tcp_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sansio.test_stunserver import SEEDS, mutated
-from tests.support import ROOT, free_udp_port, natkit_service, require_tool
+from tests.support import ROOT, free_udp_port, natkit_service, port_free, require_tool
 from toolkit.codec import stun
 from toolkit.codec.stun import Class, OtherAddress, ResponseOrigin
 from toolkit.errors import UsageError
@@ -72,21 +72,11 @@ async def running(listen: Sequence[Endpoint], **kw: Any) -> AsyncIterator[StunSe
         await server.stop()
 
 
-def _free(ip: str, port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
 def rfc5780_ports() -> tuple[int, int]:
     """Two ports P != Q free for UDP and TCP on both 127.0.0.1 and 127.0.0.2."""
     for _ in range(50):
         p, q = free_udp_port("127.0.0.1"), free_udp_port("127.0.0.2")
-        if p != q and all(_free(ip, port) for ip in ("127.0.0.1", "127.0.0.2") for port in (p, q)):
+        if p != q and all(port_free(ip, port) for ip in ("127.0.0.1", "127.0.0.2") for port in (p, q)):
             return p, q
     raise AssertionError("no two ports free on both 127.0.0.1 and 127.0.0.2")
 

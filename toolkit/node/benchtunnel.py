@@ -50,6 +50,7 @@ from toolkit.errors import NatkitError, UsageError
 from toolkit.node import uapi
 from toolkit.node.tun import ip_command
 from toolkit.node.uapi_text import PeerChange, SetRequest
+from toolkit.services.benchrelay_procs import stop_process
 from toolkit.types import Endpoint
 
 PREFIX = "natkit-bench-"
@@ -100,17 +101,6 @@ def peak_memory_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise BenchError(f"/proc/{pid}/status has no VmHWM line")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; always reaps the child."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class _Interrupts:
@@ -194,7 +184,7 @@ class TunnelBench:
         self, argv: list[str], log: Path | None = None, *, capture: bool = False, stop: Callable[[], None] | None = None
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in its own session (Ctrl-C in the terminal reaches only the bench) with output
-        to ``log`` (or a pipe with ``capture``), and register its teardown: ``_stop``, then ``stop``."""
+        to ``log`` (or a pipe with ``capture``), and register its teardown: ``stop_process``, then ``stop``."""
         out: Any = subprocess.PIPE if capture else subprocess.DEVNULL
         with self.interrupts.deferred(), contextlib.ExitStack() as files:
             if log is not None:
@@ -204,7 +194,7 @@ class TunnelBench:
             self.pids.append(proc.pid)
             if stop is not None:
                 self.stack.callback(stop)
-            self.stack.callback(_stop, proc)
+            self.stack.callback(stop_process, proc, STOP_TIMEOUT)
         return proc
 
     def build(self) -> None:
@@ -303,7 +293,7 @@ class TunnelBench:
             wall = time.monotonic() - start
             cpu = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
         finally:
-            _stop(server)
+            stop_process(server, STOP_TIMEOUT)
         if client.returncode != 0 and not out.strip():
             raise BenchError(f"iperf3 through {contender} failed: {err.decode(errors='replace').strip()}")
         return _iperf_bits_per_second(out.decode(errors="replace"), contender), wall, cpu

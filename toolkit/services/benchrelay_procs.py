@@ -42,6 +42,19 @@ if TYPE_CHECKING:
 
 UP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaps the child (the benchmarks' teardown)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 REALM = "natkit"
 TURN_USER = "natkit-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -136,20 +149,10 @@ class RelayProcesses:
         self.pids.append(proc.pid)
         return proc
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
     def stop_all(self) -> None:
         """SIGTERM (then SIGKILL) every child, newest first; remove the temporary directory."""
         while self.procs:
-            self._stop(self.procs.pop())
+            stop_process(self.procs.pop())
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     @staticmethod
@@ -199,7 +202,7 @@ class RelayProcesses:
                     self.say(self.descriptions["coturn"])
                     return Endpoint.parse(f"127.0.0.1:{port}")
                 await asyncio.sleep(0.05)
-            self._stop(proc)
+            stop_process(proc)
             self.say(f"coturn did not answer on port {port}{self._last_line(log)}; trying another port")
         raise BenchError(f"coturn did not start; its logs are in {self.workdir}")
 
