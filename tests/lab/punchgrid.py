@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from toolkit.errors import UsageError
 from toolkit.lab.nat import PRESETS
+from toolkit.lab.netns.nftables import check_expressible
 from toolkit.lab.punch import Prediction, PunchResult, grid_pairs, grid_topology, predict, run_punches
 from toolkit.lab.scenario import TopologyBuilder
 from toolkit.lab.sim import SimLab
@@ -48,3 +50,16 @@ async def sim_grid(names: Sequence[str], seed: int = 0) -> dict[tuple[str, str],
 
 def mismatches(measured: dict[tuple[str, str], Outcome], expected: dict[tuple[str, str], Outcome]) -> list[str]:
     return [f"{k}: measured {measured[k]}, expected {expected[k]}" for k in expected if measured.get(k) != expected[k]]
+
+
+def expressible() -> list[str]:
+    """The presets the netns backend accepts: it raises a UsageError naming the others."""
+    names = []
+    for name, nat in PRESETS.items():
+        try:
+            check_expressible(nat)
+        except UsageError as exc:
+            assert name in str(exc)
+            continue
+        names.append(name)
+    return names

@@ -13,28 +13,14 @@ import time
 import pytest
 
 from tests.lab.netns.netnslab import new_lab, require_netns, unique_prefix
-from tests.lab.punchgrid import LABS, grid_outcomes, mismatches, outcome, sim_grid, theory
+from tests.lab.punchgrid import LABS, expressible, grid_outcomes, mismatches, outcome, sim_grid, theory
 from toolkit.errors import UsageError
 from toolkit.lab.nat import PRESETS
 from toolkit.lab.netns import NetnsLab
-from toolkit.lab.netns.nftables import check_expressible
 from toolkit.lab.punch import grid_topology, punch
 from toolkit.lab.topology import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-def expressible() -> list[str]:
-    """The presets the netns backend accepts: it raises a UsageError naming the others."""
-    names = []
-    for name, nat in PRESETS.items():
-        try:
-            check_expressible(nat)
-        except UsageError as exc:
-            assert name in str(exc)
-            continue
-        names.append(name)
-    return names
 
 
 def test_the_backend_refuses_what_it_cannot_express() -> None:
