@@ -90,6 +90,8 @@ def test_docker_lab_up_status_down_from_separate_processes(lab_name: str) -> Non
     status = natkit("lab", "status", lab_name)
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith(f"lab {lab_name} (docker): up\n") and "  up   host   bob " in status.stdout
+    assert "stun-server running: --listen 198.51.100.10:3478" in status.stdout  # found from this other process
+    assert "NOT running" not in status.stdout
     lines = _reachable_from_this_process(lab_name)  # services started by `docker exec` outlived `natkit lab up`
     assert any(x.startswith("bob -> stun 198.51.100.11:3479: mapped 203.0.113.2:") for x in lines)
     assert "alice -> tcp 198.51.100.20:3340: connected" in lines

@@ -189,10 +189,25 @@ class DockerLab(Lab):
             running, cid = state.get(element.name, ("missing", ""))
             addresses = tuple(f"{i.cidr} {i.name}" for i in self.topology.interfaces(element.name))
             services = tuple(f"{s.spec.kind} {', '.join(s.listening)}" for s in self.services if s.host == element.name)
+            if not services and running == "running" and isinstance(element, Host) and element.services:
+                services = self._running_elsewhere(element)
             kind = "host" if isinstance(element, Host) else "router"
             elements.append(ElementStatus(element.name, kind, running == "running", addresses, services, cid))
         up = bool(elements) and all(e.up for e in elements)
         return LabStatus(self.name, self.backend, up, tuple(elements))
+
+    def _running_elsewhere(self, host: Host) -> tuple[str, ...]:
+        """Services another process (``natkit lab up``) started on ``host``: its natkit processes, by command line."""
+        out = self.engine.docker("exec", self.container(host.name), "ps", "-eo", "args").stdout
+        found = []
+        for spec in host.services:
+            for line in out.splitlines():
+                if f"natkit {spec.kind}" in line:
+                    found.append(f"{spec.kind} running: {line.split(spec.kind, 1)[1].strip()}")
+                    break
+            else:
+                found.append(f"{spec.kind} NOT running")
+        return tuple(found)
 
     # --- per host / router -------------------------------------------------------------------------
 
