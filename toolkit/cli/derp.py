@@ -57,12 +57,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from toolkit.codec.derp_http import is_mesh_key
     from toolkit.services.derpserver import DerpLimits, DerpServer
     from toolkit.services.runner import parse_listen, run_service
 
     listen = parse_listen(args.listen, DEFAULT_LISTEN)
     mesh_key = args.mesh_key.strip()
-    if mesh_key and (len(mesh_key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in mesh_key)):
+    if mesh_key and not is_mesh_key(mesh_key):
         raise UsageError(f"--mesh-key {args.mesh_key!r} must be 64 hex digits, e.g. from `openssl rand -hex 32`")
     if args.rate < 0 or args.burst < 0:
         raise UsageError("--rate and --burst must be >= 0 (0 means no limit)")

@@ -27,6 +27,13 @@ PROBE_PATHS = ("/derp/probe", "/derp/latency-check")  # §2.1: answered with an 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_VERSION = re.compile(r"HTTP/\d\.\d")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_mesh_key(text: str) -> bool:
+    """Whether ``text`` is a DERP mesh key: 64 hex digits (Tailscale's ``key.DERPMesh``)."""
+    return _HEX64.fullmatch(text) is not None
+
+
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 

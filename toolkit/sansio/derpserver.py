@@ -60,6 +60,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from toolkit.codec import derp
+from toolkit.codec.derp_http import is_mesh_key
 from toolkit.crypto.derp import open_client_info, seal_server_info
 from toolkit.crypto.keys import public_key
 from toolkit.errors import CryptoError, DecodeError, UsageError
@@ -114,7 +115,7 @@ class DerpServerCore(FrameHandlers):
         self.queue_depth = self.limits.queue_depth or timing.derp_queue_depth
         self.rate = self.limits.rate_bytes_per_s
         self.burst = self.limits.effective_burst
-        if mesh_key and (len(mesh_key) != 64 or not all(ch in "0123456789abcdefABCDEF" for ch in mesh_key)):
+        if mesh_key and not is_mesh_key(mesh_key):
             raise UsageError("a DERP mesh key is 64 hex digits (Tailscale's key.DERPMesh)")
         self._mesh_key = bytes.fromhex(mesh_key) if mesh_key else b""
         self.tracer = tracer

@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from toolkit.codec.derp import ServerInfoJSON
+from toolkit.codec.derp_http import is_mesh_key
 from toolkit.codec.derpmap import DERPNode
 from toolkit.crypto.keys import public_key
 from toolkit.errors import NatkitError, UsageError
@@ -79,7 +80,7 @@ class DerpClient:
         max_queued: int = 8192,
         name: str | None = None,
     ) -> None:
-        if mesh_key and (len(mesh_key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in mesh_key)):
+        if mesh_key and not is_mesh_key(mesh_key):
             raise UsageError("mesh_key must be 64 hex digits (the relay's --mesh-key), or empty")
         self.target = resolve_target(target, ssl_context)
         self.public_key: NodePublicKey = public_key(private_key)
