@@ -1,0 +1,394 @@
+"""One peer's path selection, sans-IO: magicsock's per-peer ``endpoint`` (protocols.md §4.2-§4.9).
+
+:class:`PeerPath` keeps the peer's candidate endpoints (from control, from pings the peer sent us, from
+its CallMeMaybe), the disco pings in flight by TxID, the best address with its trust deadline, and
+decides where WireGuard packets go: the trusted direct address alone, that address *and* DERP while it
+is being re-validated, or DERP alone (:meth:`PeerPath.send_plan`). It never seals or opens disco
+boxes: the caller opens a received message and passes it in (:meth:`~PeerPath.receive_message`, or
+the three handlers), and seals what :meth:`~PeerPath.messages_to_send` returns. A destination
+``127.3.3.40:<region>`` means "over DERP" (magicsock's fake DERP address, :mod:`.derphome`).
+
+Timers come from :class:`~toolkit.timing.Timing` (protocols.md §4.1). The coarse path state is a
+machine (``State``, ``TRANSITIONS``); it, the values and the events live in :mod:`.peerpath_types`.
+
+Decisions where natkit differs from Tailscale (documented): trust is the half-open interval
+``[pong, pong + 6.5 s)`` (Go: closed), so :meth:`get_timer` at the deadline always makes progress; a
+CallMeMaybe endpoint that is not re-advertised loses its CallMeMaybe mark and is deleted only when no
+other source (control, a recent ping) keeps it (Go deletes it outright); pings carry no padding, so
+every pong proves the safe wire MTU 1280 (path-MTU probing, §4.12, is not modelled). Events are
+past-tense frozen dataclasses, pulled with :meth:`PeerPath.next_event`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from toolkit.codec.disco import CallMeMaybe, Message, Ping, Pong
+from toolkit.sansio.betteraddr import AddrQuality, better_addr, is_link_local_unicast, why_better
+from toolkit.sansio.derphome import derp_magic_endpoint, region_of
+
+# fmt: off
+# isort: off
+from toolkit.sansio.peerpath_types import (
+    BAD, BETTER, PONG, REMOVED, RESET, SAFE_WIRE_MTU, TIMED_OUT, TRANSITIONS, TRUST_EXPIRED, Candidate, CandidateAdded,
+    CandidateRemoved, EndpointsRefreshWanted, Event, HeartbeatStopped, Outgoing, PathLost, PathTrustExpired,
+    PathUpgraded, PingReceived, PingTimedOut, PongReceived, PongRecord, Purpose, SendPlan, SentPing, State,
+)
+# isort: on
+# fmt: on
+from toolkit.sansio.trace import TraceKind, Tracer, TraceRecord
+from toolkit.timing import DEFAULT, Timing
+from toolkit.types import DiscoPublicKey, Endpoint, NodePublicKey, TxID
+
+_EDGES = frozenset(TRANSITIONS)
+
+
+# --- the core --------------------------------------------------------------------------------------
+
+
+class PeerPath:
+    """Path selection towards one peer (``peer`` is its disco key; ``node_key`` ours, put in our pings)."""
+
+    def __init__(
+        self,
+        peer: DiscoPublicKey,
+        rng: Callable[[int], bytes],
+        *,
+        node_key: NodePublicKey | None = None,
+        derp_region: int | None = None,
+        timing: Timing = DEFAULT,
+        tracer: Tracer | None = None,
+        node: str = "peerpath",
+    ) -> None:
+        self.peer, self.node_key, self.derp_region, self.timing = peer, node_key, derp_region, timing
+        self.tracer, self.node, self._rng = tracer, node, rng
+        self.candidates: dict[Endpoint, Candidate] = {}
+        self.sent_pings: dict[TxID, SentPing] = {}
+        self.best: AddrQuality | None = None
+        self.best_at: float | None = None
+        self.trust_until = 0.0
+        self.state = State.DERP
+        self.last_send_ext: float | None = None
+        self.last_full_ping: float | None = None
+        self.heartbeat_at: float | None = None
+        self.my_endpoints: tuple[Endpoint, ...] = ()
+        self.my_endpoints_at: float | None = None
+        self.call_me_maybe_pending = False
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self._outbox: list[Outgoing] = []
+        self._events: deque[Event] = deque()
+
+    # --- queries and outputs -----------------------------------------------------------------------
+
+    def trusted(self, now: float) -> bool:
+        return self.best is not None and now < self.trust_until
+
+    def send_plan(self, now: float) -> SendPlan:
+        """``addrForSendLocked``: the trusted best address alone, else it (if any) and DERP (§4.3)."""
+        udp = self.best.endpoint if self.best is not None else None
+        if self.trusted(now):
+            return SendPlan(udp, None)
+        return SendPlan(udp, derp_magic_endpoint(self.derp_region) if self.derp_region is not None else None)
+
+    def send_addr(self, now: float) -> Endpoint | None:
+        """The trusted direct address, or None: use DERP (with the untrusted best too, see :meth:`send_plan`)."""
+        return self.best.endpoint if self.best is not None and self.trusted(now) else None
+
+    def ping_targets(self, now: float) -> tuple[Endpoint, ...]:
+        """The candidates a discovery round at ``now`` pings: live ones not pinged within ``disco_ping_interval``."""
+        return tuple(
+            ep
+            for ep, c in self.candidates.items()
+            if not c.should_delete(now, self.timing)
+            and (c.last_ping is None or now - c.last_ping >= self.timing.disco_ping_interval)
+        )
+
+    def want_full_ping(self, now: float) -> bool:
+        """``wantFullPingLocked`` (§4.5): no direct best, no round yet, untrusted, or slow and due to re-upgrade."""
+        if self.best is None or not self.best.is_direct or self.last_full_ping is None or not self.trusted(now):
+            return True
+        if self.best.latency <= self.timing.good_enough_latency:
+            return False
+        return now - self.last_full_ping >= self.timing.upgrade_udp_direct_interval
+
+    def get_timer(self) -> float | None:
+        """The earliest of: a ping's timeout, the heartbeat, the end of trust in the best address."""
+        due = [sp.at + self.timing.ping_timeout for sp in self.sent_pings.values()]
+        if self.heartbeat_at is not None:
+            due.append(self.heartbeat_at)
+        if self.state is State.DIRECT:
+            due.append(self.trust_until)
+        return min(due, default=None)
+
+    def messages_to_send(self) -> list[Outgoing]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def pings_to_send(self) -> list[Outgoing]:
+        """Only the pings of :meth:`messages_to_send` (pongs and CallMeMaybes stay queued)."""
+        pings = [o for o in self._outbox if isinstance(o.message, Ping)]
+        self._outbox = [o for o in self._outbox if not isinstance(o.message, Ping)]
+        return pings
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # --- inputs: configuration ---------------------------------------------------------------------
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint], now: float) -> None:
+        """The peer's endpoints from control (``setEndpointsLocked``); dropped ones go unless kept otherwise."""
+        wanted = dict.fromkeys(endpoints)  # ordered: rounds ping candidates in the order control gave them
+        for ep in wanted:
+            if ep not in self.candidates:
+                self._add(ep, Candidate(), "control")
+        for ep, c in self.candidates.items():
+            c.from_control = ep in wanted
+        self._prune(now, "not in the netmap")
+
+    def set_my_endpoints(self, endpoints: Iterable[Endpoint], now: float) -> None:
+        """Our own endpoints (STUN, local, port mapped) for CallMeMaybe; sends one that waited for them."""
+        self.my_endpoints, self.my_endpoints_at = tuple(endpoints), now
+        if self.call_me_maybe_pending:
+            self._enqueue_call_me_maybe(now)
+
+    # --- inputs: sending and timers ----------------------------------------------------------------
+
+    def note_send(self, now: float) -> SendPlan:
+        """A WireGuard packet is to be sent (``endpoint.send``): where to, and start discovery if not direct."""
+        self._check_trust(now)
+        plan = self.send_plan(now)
+        if not self.trusted(now):
+            self.discover(now, call_me_maybe=True)
+        self._note_activity(now)
+        return plan
+
+    def _note_activity(self, now: float) -> None:  # noteTxActivityExtTriggerLocked: arm the heartbeat
+        self.last_send_ext = now
+        if self.heartbeat_at is None:
+            self.heartbeat_at = now + self.timing.heartbeat_interval
+
+    def discover(self, now: float, *, call_me_maybe: bool) -> int:
+        """A discovery round (``sendDiscoPingsLocked``, §4.4); returns how many pings went out."""
+        self.last_full_ping = now
+        self._prune(now, "expired")
+        targets = self.ping_targets(now)
+        for ep in targets:
+            self._start_ping(ep, now, Purpose.DISCOVERY)
+        if targets and call_me_maybe and self.derp_region is not None:
+            self._enqueue_call_me_maybe(now)
+        return len(targets)
+
+    def cli_ping(self, now: float) -> list[TxID]:
+        """``tailscale ping`` (disco): ping where packets would go, DERP included; counts as activity."""
+        plan = self.send_plan(now)
+        self._note_activity(now)
+        return [self._start_ping(ep, now, Purpose.CLI) for ep in (plan.udp, plan.derp) if ep is not None]
+
+    def handle_timer(self, now: float) -> None:
+        """Ping timeouts (§4.8), end of trust (§4.3), heartbeat (§4.5), in deadline order."""
+        while (due := self.get_timer()) is not None and due <= now:
+            timeouts = [(sp.at, t) for t, sp in self.sent_pings.items() if sp.at + self.timing.ping_timeout == due]
+            if timeouts:
+                self._ping_timed_out(min(timeouts, key=lambda x: x[0])[1], now)
+            elif self.state is State.DIRECT and self.trust_until == due:
+                self._check_trust(now)
+            elif self.heartbeat_at == due:
+                self._heartbeat(now)
+            else:  # pragma: no cover - get_timer returns one of the three
+                break
+
+    # --- inputs: disco messages (already opened by the caller) -------------------------------------
+
+    def receive_message(self, message: Message, src: Endpoint, now: float) -> bool:
+        """Dispatch an opened disco message from ``src`` (a magic DERP address if it came over DERP)."""
+        if isinstance(message, Ping):
+            return self.ping_received(message, src, now)
+        if isinstance(message, Pong):
+            return self.pong_received(message, src, now)
+        if isinstance(message, CallMeMaybe):
+            if region_of(src) is None:
+                return self._drop("call-me-maybe-over-udp", now, src, message)  # §1.2: DERP only
+            self.call_me_maybe(message.endpoints, now)
+            return True
+        return self._drop("unsupported-message", now, src, message)
+
+    def ping_received(self, ping: Ping, src: Endpoint, now: float) -> bool:
+        """``handlePingLocked`` (§4.6): learn ``src`` as a candidate (UDP) and answer with a Pong on the same path."""
+        self._check_trust(now)
+        if region_of(src) is None:
+            c = self.candidates.get(src)
+            if c is None:
+                self._add(src, Candidate(last_got_ping=now, last_got_ping_txid=ping.txid), "ping")
+            elif c.last_got_ping_txid == ping.txid:
+                return self._drop("duplicate-ping", now, src, ping)
+            else:
+                c.last_got_ping_txid = ping.txid
+                if c.last_got_ping is not None:
+                    c.last_got_ping = now
+        self.counters["ping-received"] += 1
+        self._trace("received", now, ping.summary(), src, ping)
+        self._events.append(PingReceived(ping.txid, src))
+        self._queue(Outgoing(Pong(ping.txid, src), src), now)
+        return True
+
+    def pong_received(self, pong: Pong, src: Endpoint, now: float) -> bool:
+        """``handlePongConnLocked`` (§4.7): latency, history, maybe a new best address, trust it 6.5 s."""
+        self._check_trust(now)
+        sp = self.sent_pings.pop(pong.txid, None)
+        if sp is None:
+            return self._drop("pong-unknown-txid", now, src, pong)
+        latency = now - sp.at
+        self.counters["pong-received"] += 1
+        self._trace("received", now, f"{pong.summary()} {latency * 1000:.1f}ms", src, pong)
+        via_derp = region_of(src) is not None
+        if not via_derp:
+            c = self.candidates.get(sp.to)
+            if c is None:
+                self.counters["pong-for-removed-candidate"] += 1
+                return True
+            c.add_pong(PongRecord(latency, now, src, pong.src), self.timing.pong_history_count)
+        self._events.append(PongReceived(pong.txid, sp.to, src, latency, pong.src, sp.purpose))
+        if via_derp or region_of(sp.to) is not None:
+            return True  # pongs over DERP never become the best address
+        this = AddrQuality(sp.to, latency, SAFE_WIRE_MTU)
+        before, was = self.best, self.state
+        if better_addr(this, self.best) or not self.trusted(now):
+            if not this.same_path(self.best):
+                self._events.append(PathUpgraded(self.best, this, why_better(this, self.best)))
+            self.best = this
+        if self.best is not None and self.best.same_path(this):
+            self.best = replace(self.best, latency=latency)
+            self.best_at, self.trust_until = now, now + self.timing.trust_udp_addr_duration
+        if was is not State.DIRECT:
+            self._move(State.DIRECT, PONG, now)
+        elif before is not None and not before.same_path(self.best):
+            self._move(State.DIRECT, BETTER, now)
+        return True
+
+    def call_me_maybe(self, endpoints: Iterable[Endpoint], now: float) -> int:
+        """``handleCallMeMaybe`` (§4.9): replace the CallMeMaybe endpoints, reset rate limits, ping them all."""
+        self._check_trust(now)
+        self.counters["call-me-maybe-received"] += 1
+        fresh = [ep for ep in endpoints if not (ep.is_ipv6 and is_link_local_unicast(ep.ip))]
+        for ep, c in self.candidates.items():
+            if ep not in fresh:
+                c.call_me_maybe_at = None
+        for ep in fresh:
+            if ep in self.candidates:
+                self.candidates[ep].call_me_maybe_at = now
+            else:
+                self._add(ep, Candidate(call_me_maybe_at=now), "call-me-maybe")
+        self._prune(now, "not re-advertised")
+        for c in self.candidates.values():
+            c.last_ping = None
+        return self.discover(now, call_me_maybe=False)
+
+    def note_bad_endpoint(self, endpoint: Endpoint, now: float) -> None:
+        """A send to ``endpoint`` failed as unreachable (``noteBadEndpoint``, §4.8)."""
+        self._clear_best(BAD, now)
+        if endpoint in self.candidates:
+            self.candidates[endpoint].clear_probes()
+
+    def note_connectivity_change(self, now: float) -> None:
+        """A link change: forget the best address and every candidate's probe state (``noteConnectivityChange``)."""
+        self._clear_best(RESET, now)
+        for c in self.candidates.values():
+            c.clear_probes()
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _heartbeat(self, now: float) -> None:
+        self.heartbeat_at = None
+        if self.last_send_ext is None:
+            return
+        if now - self.last_send_ext > self.timing.session_active_timeout:
+            self._events.append(HeartbeatStopped(now - self.last_send_ext))
+            return
+        self._check_trust(now)
+        udp = self.send_plan(now).udp
+        if udp is not None and udp in self.candidates:
+            self._start_ping(udp, now, Purpose.HEARTBEAT)
+        if self.want_full_ping(now):
+            self.discover(now, call_me_maybe=True)
+        self.heartbeat_at = now + self.timing.heartbeat_interval
+
+    def _start_ping(self, to: Endpoint, now: float, purpose: Purpose) -> TxID:
+        if purpose is not Purpose.CLI:
+            self.candidates[to].last_ping = now
+        txid = TxID(self._rng(12))
+        self.sent_pings[txid] = SentPing(to, now, purpose)
+        self.counters[f"ping-sent-{purpose.value}"] += 1
+        self._queue(Outgoing(Ping(txid, self.node_key), to, purpose), now)
+        return txid
+
+    def _ping_timed_out(self, txid: TxID, now: float) -> None:
+        sp = self.sent_pings.pop(txid)
+        self.counters["ping-timed-out"] += 1
+        self._events.append(PingTimedOut(txid, sp.to, sp.purpose))
+        self._check_trust(now)
+        if self.best is not None and sp.to == self.best.endpoint and not self.trusted(now):
+            self._clear_best(TIMED_OUT, now)
+
+    def _check_trust(self, now: float) -> None:
+        if self.state is State.DIRECT and not self.trusted(now) and self.best is not None:
+            self._events.append(PathTrustExpired(self.best))
+            self._move(State.VALIDATING, TRUST_EXPIRED, now)
+
+    def _clear_best(self, label: str, now: float) -> None:
+        if self.best is not None:
+            self._events.append(PathLost(self.best, label))
+            self._move(State.DERP, label, now)
+        self.best, self.best_at, self.trust_until = None, None, 0.0
+
+    def _enqueue_call_me_maybe(self, now: float) -> None:
+        at = self.my_endpoints_at
+        if at is None or now - at >= self.timing.endpoints_fresh_enough:
+            self._events.append(EndpointsRefreshWanted())  # every time, as magicsock re-STUNs every time
+            self.call_me_maybe_pending = True
+            return
+        self.call_me_maybe_pending = False
+        if self.derp_region is not None:
+            self.counters["call-me-maybe-sent"] += 1
+            self._queue(Outgoing(CallMeMaybe(self.my_endpoints), derp_magic_endpoint(self.derp_region)), now)
+
+    def _add(self, ep: Endpoint, c: Candidate, source: str) -> None:
+        self.candidates[ep] = c
+        self._events.append(CandidateAdded(ep, source))
+
+    def _prune(self, now: float, reason: str) -> None:
+        for ep in [ep for ep, c in self.candidates.items() if c.should_delete(now, self.timing)]:
+            del self.candidates[ep]
+            self._events.append(CandidateRemoved(ep, reason))
+            if self.best is not None and self.best.endpoint == ep:
+                self._clear_best(REMOVED, now)
+
+    def _move(self, to: State, label: str, now: float) -> None:
+        assert (self.state, label, to) in _EDGES, (self.state, label, to)
+        if self.tracer is not None:
+            self.tracer(TraceRecord(now, self.node, self.peer, "transition", f"{self.state.name} -> {to.name}", label))
+        self.state = to
+
+    def _queue(self, out: Outgoing, now: float) -> None:
+        self._outbox.append(out)
+        self._trace("sent", now, out.message.summary(), out.to, out.message)
+
+    def _drop(self, reason: str, now: float, src: Endpoint, message: Message) -> bool:
+        self.drops[reason] += 1
+        self._trace("dropped", now, message.summary(), src, message, reason)
+        return False
+
+    def _trace(
+        self, kind: TraceKind, now: float, text: str, ep: Endpoint, msg: Message, why: str | None = None
+    ) -> None:
+        if self.tracer is not None:
+            self.tracer(TraceRecord(now, self.node, self.peer, kind, text, why, msg.encode(), ep))
+
+
+__all__ = [
+    "SAFE_WIRE_MTU", "TRANSITIONS", "Candidate", "CandidateAdded", "CandidateRemoved", "EndpointsRefreshWanted",
+    "Event", "HeartbeatStopped", "Outgoing", "PathLost", "PathTrustExpired", "PathUpgraded", "PeerPath",
+    "PingReceived", "PingTimedOut", "PongReceived", "PongRecord", "Purpose", "SendPlan", "SentPing", "State",
+]  # fmt: skip
