@@ -76,7 +76,7 @@ def test_ipv6_listen_address() -> None:
         try:
             where = await server.start()
         except UsageError as exc:
-            pytest.skip(f"no IPv6 loopback: {exc}")
+            pytest.skip(reason=f"no IPv6 loopback: {exc}")
         try:
             assert where[0].startswith("tcp [::1]:") and server.url.startswith("http://[::1]:")
             alice = client(server.url, 1)

@@ -242,7 +242,7 @@ def test_aioice_stun_transactions_get_the_mapped_address_v4_and_v6() -> None:
 def test_aioice_ice_gathering_finds_a_server_reflexive_candidate() -> None:
     hosts = get_host_addresses(use_ipv4=True, use_ipv6=False)
     if not hosts:
-        pytest.skip("aioice gathers on non-loopback IPv4 addresses and this host has none")
+        pytest.skip(reason="aioice gathers on non-loopback IPv4 addresses and this host has none")
 
     async def main() -> None:
         async with running([E("0.0.0.0:0")], tcp=False) as server:

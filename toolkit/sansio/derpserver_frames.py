@@ -15,6 +15,7 @@ codec's :func:`~toolkit.codec.derp.decode_frame`, which validates its length for
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +40,7 @@ _HANDLED = frozenset(
 _MESH_ONLY = frozenset(int(t) for t in (_FT.FORWARD_PACKET, _FT.WATCH_CONNS, _FT.CLOSE_PEER))
 
 
-class FrameHandlers:
+class FrameHandlers(abc.ABC):
     """Routing state and frame handlers; mixed into DerpServerCore, which sets the attributes below."""
 
     tracer: Callable[[TraceRecord], None] | None
@@ -62,13 +63,15 @@ class FrameHandlers:
         self.bytes_relayed = 0
 
     # the core provides these
+    @abc.abstractmethod
     def _close(self, c: Conn, reason: str, now: float, detail: str = "", *, abort: bool = False) -> None:
-        raise NotImplementedError
+        """Provided by the subclass."""
 
+    @abc.abstractmethod
     def _trace(
         self, kind: TraceKind, c: Conn, now: float, detail: str, reason: str | None = None, raw: bytes = b""
     ) -> None:
-        raise NotImplementedError
+        """Provided by the subclass."""
 
     # --- the frame loop -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ one that expired.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,8 +83,9 @@ class LifetimeLadder(ProbeRunner):
         self._bindings: list[Binding] = []
         self._notes: list[str] = []
 
+    @abc.abstractmethod
     def _finish_run(self, label: str, now: float) -> None:
-        raise NotImplementedError
+        """Provided by the subclass."""
 
     def lifetime_bounds(self) -> tuple[float | None, float | None]:
         """(the longest idle time a binding survived, the shortest after which one was gone), None if none."""

@@ -14,6 +14,7 @@ arrive on the wrong socket are dropped, counted in :attr:`ProbeRunner.drops` and
 
 from __future__ import annotations
 
+import abc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class Probe:
     answered_on: str | None = None  # the socket the answer came in on
 
 
-class ProbeRunner:
+class ProbeRunner(abc.ABC):
     """Runs probes; subclasses implement :meth:`_finished` (and may add timers with :meth:`_extra_timer`)."""
 
     def __init__(
@@ -127,8 +128,9 @@ class ProbeRunner:
 
     # --- for subclasses ----------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _finished(self, probe: Probe, now: float) -> None:
-        raise NotImplementedError
+        """Provided by the subclass."""
 
     def _extra_timer(self) -> float | None:
         return None
