@@ -6,9 +6,10 @@ The network is a :class:`~toolkit.lab.sim.world.SimWorld`; this class adds the a
 * ``up()`` builds the world and starts the topology's services that run in the simulator today:
   ``stun-server`` (:class:`~toolkit.sansio.stunserver.StunServerCore` on virtual sockets, RFC 5780
   mode on a host with a second address, the same ``--listen`` arguments as the other backends,
-  :func:`toolkit.lab.labservices.service_args`). ``derp-server`` and ``control-server`` speak TCP,
-  which the simulator carries as packets but has no stream transport for yet (issue 6): ``up()``
-  lists them in :meth:`status` and the host's log as not simulated; :meth:`start_service` refuses them.
+  :func:`toolkit.lab.labservices.service_args`) and ``derp-server``
+  (:class:`~toolkit.sansio.derpserver.DerpServerCore` over the sim's TCP, :mod:`toolkit.lab.sim.streams`,
+  one ``--listen``). ``control-server`` (HTTP over TCP) is not simulated yet: ``up()`` lists it in
+  :meth:`status` and the host's log as not simulated; :meth:`start_service` refuses it.
 * ``sleep(s)`` runs the virtual clock ``s`` seconds forward (every packet, timer and NAT timeout in
   between happens), ``now()`` reads it. With ``realtime=True`` (``natkit lab up`` in the foreground, a
   notebook that animates) ``sleep`` paces the virtual clock to the wall clock instead of jumping.
@@ -34,6 +35,7 @@ from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMapping, RunResult, ServiceHandle
 from toolkit.lab.labservices import service_args
 from toolkit.lab.sim.sockets import StunServerDriver
+from toolkit.lab.sim.streams import DerpServerDriver
 from toolkit.lab.sim.world import SimWorld
 from toolkit.lab.topology import ServiceSpec, Topology
 from toolkit.sansio.natbehavior import NatBehaviorDiscovery
@@ -41,21 +43,24 @@ from toolkit.sansio.trace import Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
-SIMULATED = ("stun-server",)
+SIMULATED = ("stun-server", "derp-server")
 
 
 class SimService(ServiceHandle):
-    """A STUN server running in the simulator."""
+    """A STUN server or a DERP relay running in the simulator."""
 
-    def __init__(self, host: str, spec: ServiceSpec, driver: StunServerDriver, listening: Sequence[str]) -> None:
+    def __init__(
+        self, host: str, spec: ServiceSpec, driver: StunServerDriver | DerpServerDriver, listening: Sequence[str]
+    ) -> None:
         super().__init__(host, spec, listening)
         self.driver = driver
+        self.running = True
         self._lines = [f"natkit {spec.kind}: listening on {', '.join(listening)}"]
 
     async def stop(self) -> None:
-        if self.driver.sockets:
+        if self.running:
+            self.running = False
             self.driver.close()
-            self.driver.sockets.clear()
             self._lines.append(f"natkit {self.spec.kind}: stopped ({self.driver.summary()})")
 
     def logs(self) -> list[str]:
@@ -101,9 +106,7 @@ class SimLab(Lab):
                     await self.start_service(host.name, spec)
                 else:
                     self.skipped.append((host.name, spec))
-                    self._log(
-                        host.name, f"natkit {spec.kind}: not simulated (TCP streams in the sim come with issue 6)"
-                    )
+                    self._log(host.name, f"natkit {spec.kind}: not simulated (the sim runs {', '.join(SIMULATED)})")
 
     async def down(self) -> None:
         for service in self.services:
@@ -202,8 +205,12 @@ class SimLab(Lab):
         world = self._world()
         h = self._host(host)
         if spec.kind not in SIMULATED:
-            raise UsageError(f"the sim backend cannot run {spec.kind} yet (TCP streams come with issue 6)")
+            raise UsageError(
+                f"the sim backend cannot run {spec.kind} yet (it runs {', '.join(SIMULATED)}; the rest comes with issue 6)"
+            )
         listen = _listen_args(service_args(h, spec))
+        if spec.kind == "derp-server":
+            return self._start_derp(world, host, spec, listen)
         if len(listen) > 2:
             raise UsageError(f"{spec.kind} on {host}: the sim runs one or two --listen addresses, not {len(listen)}")
         try:
@@ -211,6 +218,18 @@ class SimLab(Lab):
         except OSError as exc:
             raise UsageError(f"{spec.kind} on {host}: cannot listen: {exc}") from None
         service = SimService(host, spec, driver, [f"udp {ep}" for ep in driver.core.local_endpoints])
+        self.services.append(service)
+        self._log(host, service.logs()[0])
+        return service
+
+    def _start_derp(self, world: SimWorld, host: str, spec: ServiceSpec, listen: list[Endpoint]) -> ServiceHandle:
+        if len(listen) > 1:
+            raise UsageError(f"{spec.kind} on {host}: the sim runs one --listen address, not {len(listen)}")
+        try:
+            driver = world.start_derp_server(host, listen[0] if listen else None, timing=self.timing)
+        except OSError as exc:
+            raise UsageError(f"{spec.kind} on {host}: cannot listen: {exc}") from None
+        service = SimService(host, spec, driver, [f"tcp {driver.local}"])
         self.services.append(service)
         self._log(host, service.logs()[0])
         return service

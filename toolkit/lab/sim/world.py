@@ -20,8 +20,9 @@ LAN. Every random choice comes from the scheduler's streams for this seed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from toolkit.crypto.keys import generate_node_key
 from toolkit.errors import UsageError
 from toolkit.lab.sim.capture import Capture, CapturePoint
 from toolkit.lab.sim.clock import Scheduler
@@ -29,15 +30,20 @@ from toolkit.lab.sim.link import LinkParams
 from toolkit.lab.sim.nat import NatEngine, NatEntry
 from toolkit.lab.sim.net import Interface, Machine, Segment
 from toolkit.lab.sim.sockets import StunServerDriver, run_discovery
+from toolkit.lab.sim.streams import DerpClientDriver, DerpServerDriver
 from toolkit.lab.topology import Topology
+from toolkit.sansio.derpclient import DerpClientConn
+from toolkit.sansio.derpevents import DerpEvent
+from toolkit.sansio.derpserver import DerpServerCore
 from toolkit.sansio.natbehavior import NatBehaviorDiscovery
 from toolkit.sansio.natreport import NatReport
 from toolkit.sansio.stunserver import StunServerCore
 from toolkit.sansio.trace import Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
-from toolkit.types import Endpoint
+from toolkit.types import Endpoint, NodePrivateKey
 
 STUN_PORT, STUN_ALT_PORT = 3478, 3479
+DERP_PORT = 3340  # natkit's lab DERP port (toolkit.lab.labservices.DERP_PORT)
 
 
 class SimWorld:
@@ -50,6 +56,7 @@ class SimWorld:
         self.segments: dict[str, Segment] = {}
         self.machines: dict[str, Machine] = {}
         self.stun_servers: dict[str, StunServerDriver] = {}
+        self.derp_servers: dict[str, DerpServerDriver] = {}
         for seg in topology.segments:
             params = LinkParams(latency=seg.latency, loss=seg.loss, bandwidth=seg.bandwidth)
             self.segments[seg.name] = Segment(seg.name, self.sched, params)
@@ -150,6 +157,51 @@ class SimWorld:
         for h in self.topology.hosts:
             if any(s.kind == "stun-server" for s in h.services) and h.name not in self.stun_servers:
                 self.start_stun_server(h.name)
+
+    def start_derp_server(
+        self, host: str, listen: Endpoint | None = None, *, timing: Timing = DEFAULT
+    ) -> DerpServerDriver:
+        """A DERP relay (the ``natkit derp-server`` core over sim TCP) on ``host``, default ``V4:3340``;
+        its key comes from the lab's seeded stream ``derp-key:HOST``."""
+        h = self.topology.host(host)
+        key = generate_node_key(self.sched.rand_bytes(f"derp-key:{host}")(32))
+        core = DerpServerCore(
+            key,
+            rng=self.sched.rand_bytes(f"derp:{host}"),
+            timing=timing,
+            tracer=self.tracer,
+            name=f"derp-server {host}",
+        )
+        driver = DerpServerDriver(self.machine(host), core, listen or Endpoint(h.v4, DERP_PORT))
+        self.derp_servers[host] = driver
+        return driver
+
+    def derp_client(
+        self,
+        host: str,
+        server: str | Endpoint | None = None,
+        *,
+        key: NodePrivateKey | None = None,
+        timing: Timing = DEFAULT,
+        on_event: Callable[[DerpEvent], None] | None = None,
+    ) -> DerpClientDriver:
+        """Connect ``host`` to a DERP relay (a host name of a started one, an endpoint, or the first started);
+        ``key`` defaults to one from the seeded stream ``node-key:HOST``. The TCP SYN leaves now."""
+        if server is None or isinstance(server, str):
+            if not self.derp_servers:
+                raise UsageError("no DERP server runs in this lab: start one first")
+            server = self.derp_servers[server or next(iter(self.derp_servers))].local
+        if key is None:
+            key = generate_node_key(self.sched.rand_bytes(f"node-key:{host}")(32))
+        core = DerpClientConn(
+            key,
+            rng=self.sched.rand_bytes(f"derp-client:{host}"),
+            host=str(server.ip),
+            timing=timing,
+            tracer=self.tracer,
+            name=f"derp-client {host}",
+        )
+        return DerpClientDriver(self.machine(host), core, server, on_event)
 
     def stun_endpoint(self, host: str | None = None) -> Endpoint:
         """The primary address of the STUN server on ``host`` (default: the first one started)."""
