@@ -50,7 +50,7 @@ from toolkit.errors import NatkitError, UsageError
 from toolkit.node import uapi
 from toolkit.node.tun import ip_command
 from toolkit.node.uapi_text import PeerChange, SetRequest
-from toolkit.services.benchrelay_procs import stop_process
+from toolkit.services.runner import stop_process
 from toolkit.types import Endpoint
 
 PREFIX = "natkit-bench-"

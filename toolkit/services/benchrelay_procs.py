@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from toolkit.codec import stun
 from toolkit.crypto import keys
 from toolkit.errors import DecodeError, NatkitError, UsageError
+from toolkit.services.runner import stop_process
 from toolkit.services.turnclient import TurnClient
 from toolkit.types import Endpoint, TxID
 
@@ -42,17 +43,6 @@ if TYPE_CHECKING:
 
 UP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; always reaps the child (the benchmarks' teardown)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 REALM = "natkit"
@@ -152,7 +142,7 @@ class RelayProcesses:
     def stop_all(self) -> None:
         """SIGTERM (then SIGKILL) every child, newest first; remove the temporary directory."""
         while self.procs:
-            stop_process(self.procs.pop())
+            stop_process(self.procs.pop(), STOP_TIMEOUT)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     @staticmethod
@@ -202,7 +192,7 @@ class RelayProcesses:
                     self.say(self.descriptions["coturn"])
                     return Endpoint.parse(f"127.0.0.1:{port}")
                 await asyncio.sleep(0.05)
-            stop_process(proc)
+            stop_process(proc, STOP_TIMEOUT)
             self.say(f"coturn did not answer on port {port}{self._last_line(log)}; trying another port")
         raise BenchError(f"coturn did not start; its logs are in {self.workdir}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -94,4 +95,15 @@ def run_service(service: Service) -> int:
     return 0
 
 
-__all__ = ["Service", "bind_error", "parse_listen", "run_service", "serve_until_signalled"]
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaps the child (the teardown of benchmarks and tests that start servers)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+__all__ = ["Service", "bind_error", "parse_listen", "run_service", "serve_until_signalled", "stop_process"]
