@@ -80,24 +80,42 @@ class SSEParser:
         return out
 
 
+def request_bytes(method: str, target: str, host: str, port: int, token: str | None, body: bytes | None) -> bytes:
+    """One HTTP/1.1 request of the control client (a JSON body when ``body`` is given, a bearer token when
+    ``token`` is)."""
+    host = f"[{host}]" if ":" in host else host  # RFC 9110 §7.2: IPv6 literals in brackets
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "User-Agent: natkit-control-client"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def parse_response_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and lower-case headers of one response head (up to and including its blank line)."""
+    first, *lines = head.decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] ([1-5][0-9][0-9])( .*)?", first)
+    if match is None:
+        raise ControlError(0, f"not an HTTP response: {first[:80]!r}")
+    headers = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    return int(match.group(1)), headers
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     """Status and lower-case headers of a response head; interim 1xx answers are skipped."""
     while True:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        first, *lines = head.split("\r\n")
-        match = re.fullmatch(r"HTTP/1\.[01] ([1-5][0-9][0-9])( .*)?", first)
-        if match is None:
-            raise ControlError(0, f"not an HTTP response: {first[:80]!r}")
-        headers = {}
-        for line in lines:
-            name, colon, value = line.partition(":")
-            if colon:
-                headers[name.strip().lower()] = value.strip()
-        if not match.group(1).startswith("1"):
-            return int(match.group(1)), headers
+        status, headers = parse_response_head(await reader.readuntil(b"\r\n\r\n"))
+        if status >= 200:
+            return status, headers
 
 
-def _json(body: bytes, status: int) -> dict[str, Any]:
+def json_answer(body: bytes, status: int) -> dict[str, Any]:
+    """The JSON object of an answer; ControlError when it is not one."""
     try:
         obj = json.loads(body)
     except ValueError:
@@ -105,6 +123,30 @@ def _json(body: bytes, status: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ControlError(status, "answer is not a JSON object")
     return obj
+
+
+def checked_answer(status: int, body: bytes) -> dict[str, Any]:
+    """The JSON object of a 200 answer; ControlError with the server's message for any other status."""
+    answer = json_answer(body, status)
+    if status != 200:
+        raise ControlError(status, str(answer.get("error", "")))
+    return answer
+
+
+def node_of(answer: dict[str, Any]) -> ControlNode:
+    """The ``Node`` of a register or update answer."""
+    try:
+        return ControlNode.from_obj(answer.get("Node"))
+    except DecodeError as exc:
+        raise ControlError(200, f"bad node in the answer: {exc}") from None
+
+
+def netmap_of(obj: dict[str, Any]) -> NetMap:
+    """A netmap answer or stream event."""
+    try:
+        return NetMap.from_obj(obj)
+    except DecodeError as exc:
+        raise ControlError(200, f"bad netmap: {exc}") from None
 
 
 class ControlClient:
@@ -215,13 +257,7 @@ class ControlClient:
 
     # --- HTTP -------------------------------------------------------------------------------------
     def _request_bytes(self, method: str, target: str, body: bytes | None) -> bytes:
-        host = f"[{self.host}]" if ":" in self.host else self.host  # RFC 9110 §7.2: IPv6 literals in brackets
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{self.port}", "User-Agent: natkit-control-client"]
-        if self.token is not None:
-            lines.append(f"Authorization: Bearer {self.token}")
-        if body is not None:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        return request_bytes(method, target, self.host, self.port, self.token, body)
 
     async def _authed(
         self, method: str, target: str, obj: Any = None, *, timeout: float | None = None
@@ -259,10 +295,7 @@ class ControlClient:
                     raise
                 if "close" in headers.get("connection", "").lower():
                     self._drop()
-                answer = _json(data, status)
-                if status != 200:
-                    raise ControlError(status, str(answer.get("error", "")))
-                return answer
+                return checked_answer(status, data)
         raise AssertionError("unreachable")
 
     def _drop(self) -> None:
@@ -281,31 +314,37 @@ class ControlClient:
             status, headers = await asyncio.wait_for(_read_response(reader), self.timeout)
             if status != 200:
                 length = int(headers.get("content-length", "0"))
-                answer = _json(await reader.readexactly(length), status)
-                raise ControlError(status, str(answer.get("error", "")))
+                checked_answer(status, await reader.readexactly(length))
+                raise ControlError(status, "")
             parser = SSEParser()
             silence = 2 * self.timing.control_stream_keepalive + self.timeout
             while data := await asyncio.wait_for(reader.read(1 << 16), silence):
                 for event, text in parser.feed(data):
                     if event == "netmap":
-                        yield self._netmap(_json(text.encode("utf-8"), status))
+                        yield self._netmap(json_answer(text.encode("utf-8"), status))
         finally:
             self._stream_writers.discard(writer)
             writer.close()
 
     def _node(self, answer: dict[str, Any]) -> ControlNode:
-        try:
-            return ControlNode.from_obj(answer.get("Node"))
-        except DecodeError as exc:
-            raise ControlError(200, f"bad node in the answer: {exc}") from None
+        return node_of(answer)
 
     def _netmap(self, obj: dict[str, Any]) -> NetMap:
-        try:
-            netmap = NetMap.from_obj(obj)
-        except DecodeError as exc:
-            raise ControlError(200, f"bad netmap: {exc}") from None
+        netmap = netmap_of(obj)
         self.self_node = netmap.self_node
         return netmap
 
 
-__all__ = ["ControlClient", "ControlError", "SSEParser", "SelfNode"]
+__all__ = [
+    "MAX_RESPONSE",
+    "ControlClient",
+    "ControlError",
+    "SSEParser",
+    "SelfNode",
+    "checked_answer",
+    "json_answer",
+    "netmap_of",
+    "node_of",
+    "parse_response_head",
+    "request_bytes",
+]

@@ -91,15 +91,22 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
 
 
 def response_bytes(
-    status: int, body: bytes, headers: list[tuple[str, str]], *, close: bool, delimited: bool = True
+    status: int,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    *,
+    close: bool,
+    delimited: bool = True,
+    date: float | None = None,
 ) -> bytes:
     """A response head and body: ``Content-Length`` unless the body ends with the connection
-    (``delimited=False``, RFC 9112 §6.3 rule 8), ``Connection: close`` when closing."""
+    (``delimited=False``, RFC 9112 §6.3 rule 8), ``Connection: close`` when closing. ``date``: the
+    ``Date`` header's time (seconds since the epoch; None: now; the simulator passes its virtual time)."""
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
         phrase = "Unknown"
-    fields = [("Date", email.utils.formatdate(usegmt=True)), ("Server", "natkit-control"), *headers]
+    fields = [("Date", email.utils.formatdate(date, usegmt=True)), ("Server", "natkit-control"), *headers]
     if delimited:
         fields.append(("Content-Length", str(len(body))))
     if close:
@@ -108,12 +115,33 @@ def response_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def json_response_bytes(response: Response, *, close: bool) -> bytes:
+def json_response_bytes(response: Response, *, close: bool, date: float | None = None) -> bytes:
     headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *response.headers]
-    return response_bytes(response.status, response.body_bytes(), headers, close=close)
+    return response_bytes(response.status, response.body_bytes(), headers, close=close, date=date)
 
 
-def _wants_close(version: str, headers: dict[str, str]) -> bool:
+def stream_head_bytes(date: float | None = None) -> bytes:
+    """The head of a netmap stream: ``text/event-stream`` delimited by the end of the connection."""
+    head = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+    return response_bytes(200, b"", head, close=True, delimited=False, date=date)
+
+
+def body_length(headers: dict[str, str], max_body: int) -> int:
+    """The ``Content-Length`` of a request (RFC 9112 §6.3); raises HttpError for chunked bodies (501), a
+    bad number (400) or a body over ``max_body`` (413)."""
+    if "transfer-encoding" in headers:
+        raise HttpError(501, "bad-http", "Transfer-Encoding is not supported: send a Content-Length body")
+    text = headers.get("content-length", "0")
+    if not re.fullmatch(r"[0-9]{1,18}", text):
+        raise HttpError(400, "bad-http", f"Content-Length {text[:40]!r} is not a number")
+    length = int(text)
+    if length > max_body:
+        raise HttpError(413, "too-large", f"body of {length} bytes is over the limit of {max_body}")
+    return length
+
+
+def wants_close(version: str, headers: dict[str, str]) -> bool:
+    """Whether the client asked to close after this request (RFC 9112 §9.3)."""
     tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
     return "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
 
@@ -249,7 +277,7 @@ class ControlServer:
             message = f"the request did not arrive within {self.request_timeout:g} s"
             await self._refuse(writer, 408, "timeout", message, peer)
             return False
-        close = _wants_close(version, headers)
+        close = wants_close(version, headers)
         reply = self.core.handle(Request(method, target, headers, body, peer), loop.time())
         if isinstance(reply, StreamOpened):
             await self._stream(reply, reader, writer)
@@ -270,14 +298,7 @@ class ControlServer:
         except asyncio.LimitOverrunError:
             raise HttpError(431, "too-large", f"request head longer than {MAX_HEAD} bytes") from None
         method, target, version, headers = parse_head(head)
-        if "transfer-encoding" in headers:
-            raise HttpError(501, "bad-http", "Transfer-Encoding is not supported: send a Content-Length body")
-        text = headers.get("content-length", "0")
-        if not re.fullmatch(r"[0-9]{1,18}", text):
-            raise HttpError(400, "bad-http", f"Content-Length {text[:40]!r} is not a number")
-        length = int(text)
-        if length > self.max_body:
-            raise HttpError(413, "too-large", f"body of {length} bytes is over the limit of {self.max_body}")
+        length = body_length(headers, self.max_body)
         if length and headers.get("expect", "").lower() == "100-continue":  # RFC 9110 §10.1.1
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await reader.readexactly(length) if length else b""
@@ -299,8 +320,7 @@ class ControlServer:
                 await writer.drain()
 
     async def _stream(self, opened: StreamOpened, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
-        writer.write(response_bytes(200, b"", head, close=True, delimited=False))
+        writer.write(stream_head_bytes())
         self._streams[opened.stream_id] = writer
         self._flush()
         try:
@@ -355,4 +375,16 @@ class ControlServer:
             self._flush()
 
 
-__all__ = ["ControlServer", "HttpError", "MAX_BODY", "json_response_bytes", "parse_head", "response_bytes"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEAD",
+    "MAX_STREAM_BUFFER",
+    "ControlServer",
+    "HttpError",
+    "body_length",
+    "json_response_bytes",
+    "parse_head",
+    "response_bytes",
+    "stream_head_bytes",
+    "wants_close",
+]

@@ -114,7 +114,7 @@ def test_simlab_up_starts_the_derp_server() -> None:
         try:
             status = {e.name: e for e in lab.status().elements}
             assert status["derp1"].services == ("derp-server tcp 198.51.100.20:3340",)
-            assert status["control1"].services == ("control-server (not simulated)",)
+            assert status["control1"].services == ("control-server tcp 198.51.100.30:8081",)
             assert lab.world is not None
             alice, bob = lab.world.derp_client("alice"), lab.world.derp_client("bob")
             await lab.sleep(1.0)

@@ -11,6 +11,9 @@ Layers, bottom up (each module's docstring has the details):
   natlab, protocols.md §6.1);
 * :mod:`.sockets`: virtual UDP sockets and the drivers of the sans-IO cores (STUN server, RFC 5780
   discovery);
+* :mod:`.tcp`, :mod:`.streams`: TCP, and the DERP relay and client over it;
+* :mod:`.control` (+ ``control_client``, ``control_stream``, ``control_call``): the coordination server
+  and the node's client, HTTP/1.1 over that TCP;
 * :mod:`.world`: a :class:`~toolkit.lab.topology.Topology` built as a simulated network (synchronous);
 * :mod:`.lab`: :class:`SimLab`, the :class:`~toolkit.lab.backend.Lab` of this backend.
 

@@ -8,8 +8,11 @@ The network is a :class:`~toolkit.lab.sim.world.SimWorld`; this class adds the a
   mode on a host with a second address, the same ``--listen`` arguments as the other backends,
   :func:`toolkit.lab.labservices.service_args`) and ``derp-server``
   (:class:`~toolkit.sansio.derpserver.DerpServerCore` over the sim's TCP, :mod:`toolkit.lab.sim.streams`,
-  one ``--listen``). ``control-server`` (HTTP over TCP) is not simulated yet: ``up()`` lists it in
-  :meth:`status` and the host's log as not simulated; :meth:`start_service` refuses it.
+  one ``--listen``) and ``control-server`` (:class:`~toolkit.sansio.control.ControlCore` over the
+  sim's TCP, :mod:`toolkit.lab.sim.control`: one ``--listen``, its ``--authkey`` values, an in-memory
+  store and the lab's DERP map; ``--db`` and ``--derp-map`` are ignored). A service kind the sim does
+  not run is listed in :meth:`status` and the host's log as not simulated; :meth:`start_service`
+  refuses it.
 * ``sleep(s)`` runs the virtual clock ``s`` seconds forward (every packet, timer and NAT timeout in
   between happens), ``now()`` reads it. With ``realtime=True`` (``natkit lab up`` in the foreground, a
   notebook that animates) ``sleep`` paces the virtual clock to the wall clock instead of jumping.
@@ -34,6 +37,7 @@ from typing import Any
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMapping, RunResult, ServiceHandle
 from toolkit.lab.labservices import service_args
+from toolkit.lab.sim.control import ControlServerDriver
 from toolkit.lab.sim.sockets import StunServerDriver
 from toolkit.lab.sim.streams import DerpServerDriver
 from toolkit.lab.sim.world import SimWorld
@@ -43,15 +47,14 @@ from toolkit.sansio.trace import Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
-SIMULATED = ("stun-server", "derp-server")
+SIMULATED = ("stun-server", "derp-server", "control-server")
+Driver = StunServerDriver | DerpServerDriver | ControlServerDriver
 
 
 class SimService(ServiceHandle):
-    """A STUN server or a DERP relay running in the simulator."""
+    """A STUN server, a DERP relay or a coordination server running in the simulator."""
 
-    def __init__(
-        self, host: str, spec: ServiceSpec, driver: StunServerDriver | DerpServerDriver, listening: Sequence[str]
-    ) -> None:
+    def __init__(self, host: str, spec: ServiceSpec, driver: Driver, listening: Sequence[str]) -> None:
         super().__init__(host, spec, listening)
         self.driver = driver
         self.running = True
@@ -205,12 +208,13 @@ class SimLab(Lab):
         world = self._world()
         h = self._host(host)
         if spec.kind not in SIMULATED:
-            raise UsageError(
-                f"the sim backend cannot run {spec.kind} yet (it runs {', '.join(SIMULATED)}; the rest comes with issue 6)"
-            )
-        listen = _listen_args(service_args(h, spec))
+            raise UsageError(f"the sim backend cannot run {spec.kind} (it runs {', '.join(SIMULATED)})")
+        args = service_args(h, spec)
+        listen = _listen_args(args)
         if spec.kind == "derp-server":
             return self._start_derp(world, host, spec, listen)
+        if spec.kind == "control-server":
+            return self._start_control(world, host, spec, listen, _flag_values(args, "--authkey"))
         if len(listen) > 2:
             raise UsageError(f"{spec.kind} on {host}: the sim runs one or two --listen addresses, not {len(listen)}")
         try:
@@ -227,6 +231,22 @@ class SimLab(Lab):
             raise UsageError(f"{spec.kind} on {host}: the sim runs one --listen address, not {len(listen)}")
         try:
             driver = world.start_derp_server(host, listen[0] if listen else None, timing=self.timing)
+        except OSError as exc:
+            raise UsageError(f"{spec.kind} on {host}: cannot listen: {exc}") from None
+        service = SimService(host, spec, driver, [f"tcp {driver.local}"])
+        self.services.append(service)
+        self._log(host, service.logs()[0])
+        return service
+
+    def _start_control(
+        self, world: SimWorld, host: str, spec: ServiceSpec, listen: list[Endpoint], authkeys: list[str]
+    ) -> ServiceHandle:
+        if len(listen) > 1:
+            raise UsageError(f"{spec.kind} on {host}: the sim runs one --listen address, not {len(listen)}")
+        if not authkeys:
+            raise UsageError(f"{spec.kind} on {host}: the control server needs a pre-auth key: give --authkey KEY")
+        try:
+            driver = world.start_control_server(host, listen[0] if listen else None, authkeys, timing=self.timing)
         except OSError as exc:
             raise UsageError(f"{spec.kind} on {host}: cannot listen: {exc}") from None
         service = SimService(host, spec, driver, [f"tcp {driver.local}"])
@@ -323,7 +343,11 @@ class _NatTypeParser(argparse.ArgumentParser):
 
 
 def _listen_args(args: Sequence[str]) -> list[Endpoint]:
-    return [Endpoint.parse(value) for flag, value in itertools.pairwise(args) if flag == "--listen"]
+    return [Endpoint.parse(value) for value in _flag_values(args, "--listen")]
+
+
+def _flag_values(args: Sequence[str], flag: str) -> list[str]:
+    return [value for name, value in itertools.pairwise(args) if name == flag]
 
 
 __all__ = ["SimLab", "SimService", "trace_json"]

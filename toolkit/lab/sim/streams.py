@@ -14,8 +14,7 @@ decisions here; the cores are the very ones ``natkit derp-server`` and the node'
   ``transport-error``. Events are kept in :attr:`DerpClientDriver.events` (and handed to ``on_event``);
   received packets also land in :attr:`DerpClientDriver.received` as ``(source key, bytes)``.
 
-The control server (HTTP over TCP) does not run in the sim yet: :class:`~toolkit.lab.sim.lab.SimLab`
-still lists it as not simulated.
+The control server and its client (HTTP/1.1 over the same TCP) are in :mod:`.control`.
 """
 
 from __future__ import annotations

@@ -20,18 +20,21 @@ LAN. Every random choice comes from the scheduler's streams for this seed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from toolkit.crypto.keys import generate_node_key
 from toolkit.errors import UsageError
-from toolkit.lab.sim.capture import Capture, CapturePoint
+from toolkit.lab.labservices import CONTROL_PORT, LAB_AUTHKEY, derp_map
+from toolkit.lab.sim.capture import EPOCH, Capture, CapturePoint
 from toolkit.lab.sim.clock import Scheduler
+from toolkit.lab.sim.control import ControlServerDriver, SimControlClient
 from toolkit.lab.sim.link import LinkParams
 from toolkit.lab.sim.nat import NatEngine, NatEntry
 from toolkit.lab.sim.net import Interface, Machine, Segment
 from toolkit.lab.sim.sockets import StunServerDriver, run_discovery
 from toolkit.lab.sim.streams import DerpClientDriver, DerpServerDriver
 from toolkit.lab.topology import Topology
+from toolkit.sansio.control import ControlCore
 from toolkit.sansio.derpclient import DerpClientConn
 from toolkit.sansio.derpevents import DerpEvent
 from toolkit.sansio.derpserver import DerpServerCore
@@ -39,6 +42,7 @@ from toolkit.sansio.natbehavior import NatBehaviorDiscovery
 from toolkit.sansio.natreport import NatReport
 from toolkit.sansio.stunserver import StunServerCore
 from toolkit.sansio.trace import Tracer, TraceRecord
+from toolkit.services.controlstore import MemoryStore
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint, NodePrivateKey
 
@@ -57,6 +61,9 @@ class SimWorld:
         self.machines: dict[str, Machine] = {}
         self.stun_servers: dict[str, StunServerDriver] = {}
         self.derp_servers: dict[str, DerpServerDriver] = {}
+        self.control_servers: dict[str, ControlServerDriver] = {}
+        self.control_stores: dict[str, MemoryStore] = {}  # kept across restarts: nothing registered is lost
+        self._control_args: dict[str, tuple[Endpoint | None, tuple[str, ...], Timing]] = {}
         for seg in topology.segments:
             params = LinkParams(latency=seg.latency, loss=seg.loss, bandwidth=seg.bandwidth)
             self.segments[seg.name] = Segment(seg.name, self.sched, params)
@@ -202,6 +209,61 @@ class SimWorld:
             name=f"derp-client {host}",
         )
         return DerpClientDriver(self.machine(host), core, server, on_event)
+
+    def start_control_server(
+        self,
+        host: str,
+        listen: Endpoint | None = None,
+        authkey: str | Sequence[str] = LAB_AUTHKEY,
+        *,
+        timing: Timing = DEFAULT,
+    ) -> ControlServerDriver:
+        """The coordination server (the ``natkit control-server`` core over sim TCP, :mod:`.control`) on
+        ``host``, default ``V4:8081``, with the lab's DERP map (:func:`toolkit.lab.labservices.derp_map`) and
+        a :class:`~toolkit.services.controlstore.MemoryStore` kept in :attr:`control_stores`: starting it
+        again on the same host (after ``close()``, or :meth:`restart_control_server`) uses the same store,
+        so nodes, tokens and addresses survive. Tokens come from the seeded stream ``control:HOST``."""
+        old = self.control_servers.get(host)
+        if old is not None and old.running:
+            raise UsageError(f"a control server already runs on {host}: close() it first (or restart it)")
+        h = self.topology.host(host)
+        keys = (authkey,) if isinstance(authkey, str) else tuple(authkey)
+        store = self.control_stores.setdefault(host, MemoryStore())
+        core = ControlCore(
+            store, keys, derp_map(self.topology), rng=self.sched.rand_bytes(f"control:{host}"), epoch=EPOCH,
+            timing=timing, tracer=self.tracer, name=f"control-server {host}",
+        )  # fmt: skip
+        driver = ControlServerDriver(
+            self.machine(host), core, listen or Endpoint(h.v4, CONTROL_PORT), tracer=self.tracer
+        )
+        self.control_servers[host] = driver
+        self._control_args[host] = (listen, keys, timing)
+        return driver
+
+    def restart_control_server(self, host: str | None = None) -> ControlServerDriver:
+        """Stop the control server on ``host`` (default: the first started) and start it again at once, on
+        the same address with the same store, keys and timing (its connections are reset)."""
+        host = host or self._control_host()
+        self.control_servers[host].close()
+        listen, keys, timing = self._control_args[host]
+        return self.start_control_server(host, listen, keys, timing=timing)
+
+    def control_endpoint(self, host: str | None = None) -> Endpoint:
+        """Where the control server on ``host`` (default: the first started) listens."""
+        return self.control_servers[host or self._control_host()].local
+
+    def control_client(
+        self, host: str, server: str | Endpoint | None = None, *, timing: Timing = DEFAULT, retry: bool = True
+    ) -> SimControlClient:
+        """A control client on ``host`` for a started control server (its host name, an endpoint, or the first)."""
+        if server is None or isinstance(server, str):
+            server = self.control_endpoint(server)
+        return SimControlClient(self.machine(host), server, timing=timing, retry=retry)
+
+    def _control_host(self) -> str:
+        if not self.control_servers:
+            raise UsageError("no control server runs in this lab: start one first")
+        return next(iter(self.control_servers))
 
     def stun_endpoint(self, host: str | None = None) -> Endpoint:
         """The primary address of the STUN server on ``host`` (default: the first one started)."""
