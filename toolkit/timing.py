@@ -10,7 +10,9 @@ never reads the module constants directly, so tests can run timers fast.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+_RATIO = {"unit": "ratio"}  # a field that is not a duration: scaled() leaves it alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,26 @@ class Timing:
     pong_history_count: int = 64
     derp_inactive_cleanup: float = 60.0
     derp_clean_stale_interval: float = 15.0
+
+    # --- the seed flowchart walked per peer (toolkit/sansio/peerflow.py; natkit's, Tailscale has no such steps) ---
+    # TryDirect: how long the first pings to a peer that advertises only public endpoints may take before
+    # DirectSuccess says No and the peer goes through DERP. Tailscale never waits (it sends over DERP at once
+    # and upgrades later); an internet round trip is well under a second.
+    try_direct_timeout: float = 1.0
+    # RetryProbes: discovery rounds (each one waits ping_timeout for a pong) before the peer StaysOnDERP.
+    # Tailscale keeps pinging every disco_ping_interval while traffic flows; natkit leaves the probing states
+    # after this many rounds and re-probes from StayOnDERP (upgrade_udp_direct_interval, CallMeMaybe).
+    disco_retry_rounds: int = 3
+    # ValidatePath: pings padded to the safe wire MTU 1280 (protocols.md §4.12) sent with every discovery round
+    # to every candidate; the share of them left unanswered is the path's loss.
+    validate_probes: int = 4
+    # PathGood: at most this share of the validate_probes may be lost (a ratio, not a duration: never scaled).
+    validate_max_loss: float = field(default=0.25, metadata=_RATIO)
+    # ValidatePath: after the first pong from a candidate, wait this long at least (and one measured round trip
+    # at least) for the rest of its burst; a burst answered in full ends validation at once.
+    validate_wait_min: float = 0.02
+    # PathGood: a direct path slower than this is not worth migrating to (DERP relays answer within it).
+    path_max_latency: float = 1.0
 
     # --- netcheck (protocols.md §5.2; Tailscale net/netcheck/netcheck.go) ---
     netcheck_report_timeout: float = 5.0  # ReportTimeout
@@ -81,13 +103,13 @@ class Timing:
     handshake_flood_interval: float = 0.02
 
     def scaled(self, factor: float) -> Timing:
-        """Every duration multiplied by ``factor`` (> 1 slows a lab down); counts are kept."""
+        """Every duration multiplied by ``factor`` (> 1 slows a lab down); counts and ratios are kept."""
         if factor <= 0:
             raise ValueError(f"scale factor must be > 0, got {factor}")
         changes = {
             f.name: getattr(self, f.name) * factor
             for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), float)
+            if isinstance(getattr(self, f.name), float) and f.metadata.get("unit") != "ratio"
         }
         return dataclasses.replace(self, **changes)
 

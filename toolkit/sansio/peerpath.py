@@ -14,9 +14,17 @@ machine (``State``, ``TRANSITIONS``); it, the values and the events live in :mod
 Decisions where natkit differs from Tailscale (documented): trust is the half-open interval
 ``[pong, pong + 6.5 s)`` (Go: closed), so :meth:`get_timer` at the deadline always makes progress; a
 CallMeMaybe endpoint that is not re-advertised loses its CallMeMaybe mark and is deleted only when no
-other source (control, a recent ping) keeps it (Go deletes it outright); pings carry no padding, so
-every pong proves the safe wire MTU 1280 (path-MTU probing, §4.12, is not modelled). Events are
-past-tense frozen dataclasses, pulled with :meth:`PeerPath.next_event`.
+other source (control, a recent ping) keeps it (Go deletes it outright); discovery and heartbeat pings
+carry no padding, so their pongs prove the safe wire MTU 1280; a padded :meth:`~PeerPath.probe` (path-MTU
+probing, §4.12) proves its own wire size, kept in the best address. Events are past-tense frozen
+dataclasses, pulled with :meth:`PeerPath.next_event`.
+
+Hooks for :class:`~toolkit.sansio.peerflow.PeerFlow` (natkit's, not magicsock's): :meth:`~PeerPath.probe`
+pings one candidate now, outside the round's rate limit (validation bursts, path-MTU probes);
+:meth:`~PeerPath.reject` keeps an address that failed validation from becoming the best one until
+:meth:`~PeerPath.clear_rejected`; :meth:`~PeerPath.take_activity` returns what the core did on its own
+(a discovery round, a heartbeat ping) so the wrapper can follow it; ``trace_peer`` is the key put in
+trace records (the node puts the peer's node key there).
 """
 
 from __future__ import annotations
@@ -32,15 +40,16 @@ from toolkit.sansio.derphome import derp_magic_endpoint, region_of
 # fmt: off
 # isort: off
 from toolkit.sansio.peerpath_types import (
-    BAD, BETTER, PONG, REMOVED, RESET, SAFE_WIRE_MTU, TIMED_OUT, TRANSITIONS, TRUST_EXPIRED, Candidate, CandidateAdded,
-    CandidateRemoved, EndpointsRefreshWanted, Event, HeartbeatStopped, Outgoing, PathLost, PathTrustExpired,
-    PathUpgraded, PingReceived, PingTimedOut, PongReceived, PongRecord, Purpose, SendPlan, SentPing, State,
+    BAD, BETTER, PONG, REJECTED, REMOVED, RESET, SAFE_WIRE_MTU, TIMED_OUT, TRANSITIONS, TRUST_EXPIRED, Activity,
+    Candidate, CandidateAdded, CandidateRemoved, DiscoveryStarted, EndpointsRefreshWanted, Event, HeartbeatSent,
+    HeartbeatStopped, Outgoing, PathLost, PathTrustExpired, PathUpgraded, PingReceived, PingTimedOut, PongReceived,
+    PongRecord, Purpose, SendPlan, SentPing, State, ping_wire_size,
 )
 # isort: on
 # fmt: on
 from toolkit.sansio.trace import TraceKind, Tracer, TraceRecord
 from toolkit.timing import DEFAULT, Timing
-from toolkit.types import DiscoPublicKey, Endpoint, NodePublicKey, TxID
+from toolkit.types import DiscoPublicKey, Endpoint, Key32, NodePublicKey, TxID
 
 _EDGES = frozenset(TRANSITIONS)
 
@@ -61,9 +70,13 @@ class PeerPath:
         timing: Timing = DEFAULT,
         tracer: Tracer | None = None,
         node: str = "peerpath",
+        trace_peer: Key32 | None = None,
     ) -> None:
         self.peer, self.node_key, self.derp_region, self.timing = peer, node_key, derp_region, timing
         self.tracer, self.node, self._rng = tracer, node, rng
+        self.trace_peer: Key32 = trace_peer if trace_peer is not None else peer
+        self.rejected: set[Endpoint] = set()
+        self._activity: list[Activity] = []
         self.candidates: dict[Endpoint, Candidate] = {}
         self.sent_pings: dict[TxID, SentPing] = {}
         self.best: AddrQuality | None = None
@@ -136,6 +149,11 @@ class PeerPath:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    def take_activity(self) -> list[Activity]:
+        """The discovery rounds and heartbeat pings since the last call (for a wrapper; not events)."""
+        out, self._activity = self._activity, []
+        return out
+
     # --- inputs: configuration ---------------------------------------------------------------------
 
     def set_endpoints(self, endpoints: Iterable[Endpoint], now: float) -> None:
@@ -161,7 +179,7 @@ class PeerPath:
         self._check_trust(now)
         plan = self.send_plan(now)
         if not self.trusted(now):
-            self.discover(now, call_me_maybe=True)
+            self.discover(now, call_me_maybe=True, cause="send")
         self._note_activity(now)
         return plan
 
@@ -170,13 +188,15 @@ class PeerPath:
         if self.heartbeat_at is None:
             self.heartbeat_at = now + self.timing.heartbeat_interval
 
-    def discover(self, now: float, *, call_me_maybe: bool) -> int:
+    def discover(self, now: float, *, call_me_maybe: bool, cause: str = "explicit") -> int:
         """A discovery round (``sendDiscoPingsLocked``, §4.4); returns how many pings went out."""
         self.last_full_ping = now
         self._prune(now, "expired")
         targets = self.ping_targets(now)
         for ep in targets:
             self._start_ping(ep, now, Purpose.DISCOVERY)
+        if targets:
+            self._activity.append(DiscoveryStarted(targets, cause))
         if targets and call_me_maybe and self.derp_region is not None:
             self._enqueue_call_me_maybe(now)
         return len(targets)
@@ -186,6 +206,41 @@ class PeerPath:
         plan = self.send_plan(now)
         self._note_activity(now)
         return [self._start_ping(ep, now, Purpose.CLI) for ep in (plan.udp, plan.derp) if ep is not None]
+
+    def probe(self, endpoint: Endpoint, now: float, *, padding: int = 0, purpose: Purpose = Purpose.VALIDATE) -> TxID:
+        """Ping the candidate ``endpoint`` now, outside the round's rate limit, padded by ``padding`` zero bytes
+        (a path-MTU probe, §4.12). natkit's hook for PeerFlow's validation bursts; ``KeyError`` if not a candidate."""
+        if endpoint not in self.candidates:
+            raise KeyError(f"{endpoint} is not a candidate endpoint")
+        return self._start_ping(endpoint, now, purpose, padding)
+
+    def reject(self, endpoint: Endpoint, now: float) -> None:
+        """``endpoint`` failed validation: it may not be the best address (pongs from it are still recorded)."""
+        self.rejected.add(endpoint)
+        if self.best is not None and self.best.endpoint == endpoint:
+            self._clear_best(REJECTED, now)
+
+    def adopt(self, endpoint: Endpoint, now: float) -> bool:
+        """Make ``endpoint`` the best address now if its last pong is still within the trust time (natkit: the
+        flow validated it; betterAddr may have preferred an address that then failed validation)."""
+        c = self.candidates.get(endpoint)
+        if c is None or not c.pongs or endpoint in self.rejected:
+            return False
+        last = c.pongs[-1]
+        if now - last.at >= self.timing.trust_udp_addr_duration:
+            return False
+        if self.best is not None and self.best.endpoint == endpoint:
+            return True
+        this = AddrQuality(endpoint, last.latency, SAFE_WIRE_MTU)
+        self._events.append(PathUpgraded(self.best, this, "validated"))
+        label = BETTER if self.state is State.DIRECT else PONG
+        self.best, self.best_at, self.trust_until = this, last.at, last.at + self.timing.trust_udp_addr_duration
+        self._move(State.DIRECT, label, now)
+        return True
+
+    def clear_rejected(self) -> None:
+        """Give every rejected address another chance (a new upgrade attempt)."""
+        self.rejected.clear()
 
     def handle_timer(self, now: float) -> None:
         """Ping timeouts (§4.8), end of trust (§4.3), heartbeat (§4.5), in deadline order."""
@@ -250,17 +305,20 @@ class PeerPath:
                 self.counters["pong-for-removed-candidate"] += 1
                 return True
             c.add_pong(PongRecord(latency, now, src, pong.src), self.timing.pong_history_count)
-        self._events.append(PongReceived(pong.txid, sp.to, src, latency, pong.src, sp.purpose))
+        self._events.append(PongReceived(pong.txid, sp.to, src, latency, pong.src, sp.purpose, sp.padding))
         if via_derp or region_of(sp.to) is not None:
             return True  # pongs over DERP never become the best address
-        this = AddrQuality(sp.to, latency, SAFE_WIRE_MTU)
+        if sp.to in self.rejected:
+            return True  # natkit: failed validation (PeerFlow), not a best address until cleared
+        mtu = max(SAFE_WIRE_MTU, ping_wire_size(sp.padding, ipv6=sp.to.is_ipv6)) if sp.padding else SAFE_WIRE_MTU
+        this = AddrQuality(sp.to, latency, mtu)
         before, was = self.best, self.state
         if better_addr(this, self.best) or not self.trusted(now):
             if not this.same_path(self.best):
                 self._events.append(PathUpgraded(self.best, this, why_better(this, self.best)))
             self.best = this
         if self.best is not None and self.best.same_path(this):
-            self.best = replace(self.best, latency=latency)
+            self.best = replace(self.best, latency=latency, mtu=max(self.best.mtu, mtu))
             self.best_at, self.trust_until = now, now + self.timing.trust_udp_addr_duration
         if was is not State.DIRECT:
             self._move(State.DIRECT, PONG, now)
@@ -284,7 +342,7 @@ class PeerPath:
         self._prune(now, "not re-advertised")
         for c in self.candidates.values():
             c.last_ping = None
-        return self.discover(now, call_me_maybe=False)
+        return self.discover(now, call_me_maybe=False, cause="call-me-maybe")
 
     def note_bad_endpoint(self, endpoint: Endpoint, now: float) -> None:
         """A send to ``endpoint`` failed as unreachable (``noteBadEndpoint``, §4.8)."""
@@ -311,17 +369,18 @@ class PeerPath:
         udp = self.send_plan(now).udp
         if udp is not None and udp in self.candidates:
             self._start_ping(udp, now, Purpose.HEARTBEAT)
+            self._activity.append(HeartbeatSent(udp))
         if self.want_full_ping(now):
-            self.discover(now, call_me_maybe=True)
+            self.discover(now, call_me_maybe=True, cause="heartbeat")
         self.heartbeat_at = now + self.timing.heartbeat_interval
 
-    def _start_ping(self, to: Endpoint, now: float, purpose: Purpose) -> TxID:
+    def _start_ping(self, to: Endpoint, now: float, purpose: Purpose, padding: int = 0) -> TxID:
         if purpose is not Purpose.CLI:
             self.candidates[to].last_ping = now
         txid = TxID(self._rng(12))
-        self.sent_pings[txid] = SentPing(to, now, purpose)
+        self.sent_pings[txid] = SentPing(to, now, purpose, padding)
         self.counters[f"ping-sent-{purpose.value}"] += 1
-        self._queue(Outgoing(Ping(txid, self.node_key), to, purpose), now)
+        self._queue(Outgoing(Ping(txid, self.node_key, padding), to, purpose), now)
         return txid
 
     def _ping_timed_out(self, txid: TxID, now: float) -> None:
@@ -368,7 +427,9 @@ class PeerPath:
     def _move(self, to: State, label: str, now: float) -> None:
         assert (self.state, label, to) in _EDGES, (self.state, label, to)
         if self.tracer is not None:
-            self.tracer(TraceRecord(now, self.node, self.peer, "transition", f"{self.state.name} -> {to.name}", label))
+            self.tracer(
+                TraceRecord(now, self.node, self.trace_peer, "transition", f"{self.state.name} -> {to.name}", label)
+            )
         self.state = to
 
     def _queue(self, out: Outgoing, now: float) -> None:
@@ -384,11 +445,11 @@ class PeerPath:
         self, kind: TraceKind, now: float, text: str, ep: Endpoint, msg: Message, why: str | None = None
     ) -> None:
         if self.tracer is not None:
-            self.tracer(TraceRecord(now, self.node, self.peer, kind, text, why, msg.encode(), ep))
+            self.tracer(TraceRecord(now, self.node, self.trace_peer, kind, text, why, msg.encode(), ep))
 
 
 __all__ = [
-    "SAFE_WIRE_MTU", "TRANSITIONS", "Candidate", "CandidateAdded", "CandidateRemoved", "EndpointsRefreshWanted",
-    "Event", "HeartbeatStopped", "Outgoing", "PathLost", "PathTrustExpired", "PathUpgraded", "PeerPath",
+    "SAFE_WIRE_MTU", "TRANSITIONS", "Activity", "Candidate", "CandidateAdded", "CandidateRemoved", "DiscoveryStarted",
+    "EndpointsRefreshWanted", "Event", "HeartbeatSent", "HeartbeatStopped", "Outgoing", "PathLost", "PathTrustExpired", "PathUpgraded", "PeerPath",
     "PingReceived", "PingTimedOut", "PongReceived", "PongRecord", "Purpose", "SendPlan", "SentPing", "State",
 ]  # fmt: skip

@@ -8,6 +8,10 @@
 * :class:`State` and :data:`TRANSITIONS`: the coarse path state (DERP only, UDP and DERP while the
   best address is re-validated, direct) as data, for the core, the widgets and the tests.
 * The events are past-tense frozen dataclasses (design.md §6), pulled with ``PeerPath.next_event``.
+  :class:`DiscoveryStarted` and :class:`HeartbeatSent` are *activity* notes for a wrapper (PeerFlow), pulled
+  with ``PeerPath.take_activity``; they stay out of the event queue.
+* :func:`ping_wire_size` / :func:`padding_for_wire_mtu`: the size of a disco Ping on the wire and the padding
+  that makes a path-MTU probe of a given wire MTU (protocols.md §1.2, §4.12).
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ from toolkit.timing import Timing
 from toolkit.types import Endpoint, TxID
 
 SAFE_WIRE_MTU = 1280  # tstun.SafeWireMTU: what an unpadded ping proves (pingSizeToPktLen(0))
+#: tstun.WireMTUsToProbe (protocols.md §4.12): 1360 = 1280 + wgHeaderLen 80.
+WIRE_MTUS_TO_PROBE = (1280, 1360, 1400, 1500, 8000, 9000)
+# protocols.md §1.1/§1.2: magic 6 + sender key 32 + nonce 24 + Poly1305 tag 16 + type/version 2 + TxID 12
+_DISCO_PING_BASE = 6 + 32 + 24 + 16 + 2 + 12
+_NODE_KEY_LEN = 32
+
+
+def ping_wire_size(padding: int, *, ipv6: bool, with_key: bool = True) -> int:
+    """The IP packet size of a disco Ping with ``padding`` (IP header 20 or 40, UDP 8; 124-byte payload unpadded)."""
+    return (40 if ipv6 else 20) + 8 + _DISCO_PING_BASE + (_NODE_KEY_LEN if with_key else 0) + padding
+
+
+def padding_for_wire_mtu(mtu: int, *, ipv6: bool, with_key: bool = True) -> int:
+    """The padding that makes a Ping exactly ``mtu`` bytes on the wire (protocols.md §4.12: mtu - IP - 8)."""
+    return max(0, mtu - ping_wire_size(0, ipv6=ipv6, with_key=with_key))
 
 
 class State(enum.Enum):
@@ -34,6 +53,7 @@ class State(enum.Enum):
 
 PONG, BETTER, TRUST_EXPIRED = "pong", "better path", "no pong within trust time"
 TIMED_OUT, REMOVED, BAD, RESET = "ping to best timed out", "candidate removed", "send failed", "connectivity changed"
+REJECTED = "failed validation"  # natkit: the flow's ValidatePath said No (PeerPath.reject)
 #: Every transition (from, label, to) of the coarse path state (protocols.md §4.3, §4.7, §4.8).
 TRANSITIONS: tuple[tuple[State, str, State], ...] = (
     (State.DERP, PONG, State.DIRECT),
@@ -41,7 +61,7 @@ TRANSITIONS: tuple[tuple[State, str, State], ...] = (
     (State.DIRECT, BETTER, State.DIRECT),
     (State.DIRECT, TRUST_EXPIRED, State.VALIDATING),
     (State.VALIDATING, TIMED_OUT, State.DERP),
-    *((s, label, State.DERP) for s in (State.DIRECT, State.VALIDATING) for label in (REMOVED, BAD, RESET)),
+    *((s, label, State.DERP) for s in (State.DIRECT, State.VALIDATING) for label in (REMOVED, BAD, RESET, REJECTED)),
 )
 
 
@@ -49,6 +69,7 @@ class Purpose(enum.Enum):
     DISCOVERY = "discovery"
     HEARTBEAT = "heartbeat"
     CLI = "cli"
+    VALIDATE = "validate"  # natkit: a PeerFlow validation burst (loss, path MTU)
 
 
 # --- events (design.md §6: past tense) -------------------------------------------------------------
@@ -82,6 +103,7 @@ class PongReceived:
     latency: float
     pong_src: Endpoint
     purpose: Purpose
+    padding: int = 0  # the ping's padding (a path-MTU probe when > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +141,31 @@ class HeartbeatStopped:
 @dataclass(frozen=True, slots=True)
 class EndpointsRefreshWanted:
     """A CallMeMaybe waits for fresh own endpoints: re-STUN, then call ``PeerPath.set_my_endpoints``."""
+
+
+# --- activity notes (PeerPath.take_activity; for a wrapper such as PeerFlow) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryStarted:
+    """A discovery round pinged ``targets``; ``cause``: "send", "heartbeat", "call-me-maybe" or the caller's."""
+
+    targets: tuple[Endpoint, ...]
+    cause: str
+
+    @property
+    def count(self) -> int:
+        return len(self.targets)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSent:
+    """The heartbeat (§4.5) pinged ``to`` (the address packets go to)."""
+
+    to: Endpoint
+
+
+Activity: TypeAlias = DiscoveryStarted | HeartbeatSent
 
 
 Event: TypeAlias = (
@@ -176,6 +223,7 @@ class SentPing:
     to: Endpoint
     at: float
     purpose: Purpose
+    padding: int = 0
 
 
 @dataclass
@@ -214,7 +262,9 @@ class Candidate:
 
 
 __all__ = [
-    "BAD", "BETTER", "PONG", "REMOVED", "RESET", "SAFE_WIRE_MTU", "TIMED_OUT", "TRANSITIONS", "TRUST_EXPIRED", "State",
+    "BAD", "BETTER", "PONG", "REJECTED", "REMOVED", "RESET", "SAFE_WIRE_MTU", "TIMED_OUT", "TRANSITIONS",
+    "TRUST_EXPIRED", "WIRE_MTUS_TO_PROBE", "Activity", "DiscoveryStarted", "HeartbeatSent", "State",
+    "padding_for_wire_mtu", "ping_wire_size",
     "Candidate", "CandidateAdded", "CandidateRemoved", "EndpointsRefreshWanted", "Event", "HeartbeatStopped",
     "Outgoing", "PathLost", "PathTrustExpired", "PathUpgraded", "PingReceived", "PingTimedOut", "PongReceived",
     "PongRecord", "Purpose", "SendPlan", "SentPing",
