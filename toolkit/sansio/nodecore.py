@@ -1,0 +1,469 @@
+"""The whole node, sans-IO: one socket's demux, disco, WireGuard, DERP, STUN, the netmap and one PeerFlow per peer.
+
+:class:`NodeCore` is what ``natkit node`` and the sim's nodes run (issue 6; design.md §2-§3). It owns no
+socket, clock or random source: drivers feed it (``receive_udp``, ``receive_derp``, ``send_ip_packet``,
+``handle_timer`` ...) and pull what it produces (``udp_to_send``, ``derp_to_send``, ``ip_packets_received``,
+``get_timer``, ``next_event``). Behaviour follows magicsock (protocols.md §4):
+
+* One UDP socket, demultiplexed by content (§4.11, :func:`toolkit.codec.demux.classify`): STUN answers go
+  to endpoint discovery (:mod:`.nodeendpoints`), disco packets are opened with our disco key and handed to
+  the sender's flow (found by its disco key), everything else to WireGuard. DERP packet bodies go through
+  the same demux; a disco message over DERP has the source ``127.3.3.40:<region>``.
+* WireGuard: one device peer per netmap peer at a placeholder endpoint (:mod:`.nodewg`); each datagram
+  WireGuard sends to a placeholder goes where the peer's flow says (``note_send``: the trusted UDP address
+  and/or DERP to the peer's home region, protocols.md §4.3).
+* Disco messages a flow wants sent are sealed (protocols.md §1.1) and go over DERP for a magic
+  destination, else over UDP. A flow that wants fresh endpoints for a CallMeMaybe gets a re-STUN.
+* Bad input (garbage datagrams, boxes that do not open, unknown disco senders, WireGuard from an unknown
+  DERP key) is dropped, counted in :attr:`NodeCore.drops` and traced; nothing raises on network input.
+
+Decisions: a peer's allowed IPs are its addresses as host prefixes (/32, /128) whatever prefix control
+writes; a peer with neither endpoints (netmap or cache) nor a home region enters the flowchart without
+info (``QueryControl``) and is given its info by the next netmap that has some; cached endpoints (from
+:meth:`import_cache`) are tried together with the netmap's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from toolkit.codec.demux import Kind, classify
+from toolkit.codec.derpmap import DERPMap
+from toolkit.crypto.disco import open_message, seal_message
+from toolkit.crypto.keys import public_key
+from toolkit.errors import CryptoError, DecodeError
+from toolkit.sansio.control_netmap import ControlNode, NetMap
+from toolkit.sansio.derphome import derp_magic_endpoint, region_of
+from toolkit.sansio.nodeendpoints import OwnEndpoints, cache_from_json, cache_to_json
+from toolkit.sansio.nodestatus import (
+    DerpRegionsWanted,
+    EndpointsChanged,
+    NodeEvent,
+    NodeStatus,
+    PathKind,
+    PeerStateChanged,
+    PingResult,
+    PingUnanswered,
+    find_node,
+    peer_status,
+    via_text,
+)
+from toolkit.sansio.nodewg import WireGuardGlue, is_placeholder
+from toolkit.sansio.peerflow import PeerFlow
+from toolkit.sansio.peergraph import State
+from toolkit.sansio.peerpath_types import EndpointsRefreshWanted, PingTimedOut, PongReceived, Purpose
+from toolkit.sansio.trace import Tracer, TraceRecord
+from toolkit.timing import DEFAULT, Timing
+from toolkit.types import DiscoPrivateKey, DiscoPublicKey, Endpoint, NodePrivateKey, NodePublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """``epoch`` is the wall time at ``now == 0`` (WireGuard's TAI64N timestamps and ``wg show`` times)."""
+
+    name: str
+    node_key: NodePrivateKey
+    disco_key: DiscoPrivateKey
+    timing: Timing = DEFAULT
+    epoch: float = 0.0
+
+
+@dataclass(slots=True)
+class _Peer:
+    node: ControlNode
+    flow: PeerFlow
+    shown: tuple[str, PathKind] | None = None  # the (state, path kind) last reported
+
+    @property
+    def key(self) -> NodePublicKey:
+        return self.node.node_key
+
+    @property
+    def region(self) -> int | None:
+        return self.node.home_derp or None
+
+
+class NodeCore:
+    """The node; see the module docstring. Inputs take ``now`` (monotonic seconds); outputs are pulled."""
+
+    def __init__(self, config: NodeConfig, rng: Callable[[int], bytes], tracer: Tracer | None = None) -> None:
+        self.config, self.name, self.timing = config, config.name, config.timing
+        self.tracer, self._rng = tracer, rng
+        self.node_public: NodePublicKey = public_key(config.node_key)
+        self.disco_public: DiscoPublicKey = public_key(config.disco_key)
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.derp_map: DERPMap | None = None
+        self.home_region: int | None = None
+        self.derp_connected: set[int] = set()
+        self.self_node: ControlNode | None = None
+        self._wg = WireGuardGlue(
+            config.node_key, rng, epoch=config.epoch, timing=self.timing, tracer=tracer, node=self.name
+        )
+        self._eps = OwnEndpoints(rng, timing=self.timing, tracer=tracer, node=self.name)
+        self._eps_at: float | None = None  # when the endpoints were last confirmed (None: not yet)
+        self._eps_version = 0
+        self._peers: dict[NodePublicKey, _Peer] = {}
+        self._by_disco: dict[DiscoPublicKey, NodePublicKey] = {}
+        self._cache: dict[NodePublicKey, tuple[Endpoint, ...]] = {}
+        self._regions: tuple[int, ...] = ()
+        self._udp_out: list[tuple[bytes, Endpoint]] = []
+        self._derp_out: list[tuple[int, NodePublicKey, bytes]] = []
+        self._ip_out: list[bytes] = []
+        self._events: deque[NodeEvent] = deque()
+        self._now = 0.0
+
+    # --- configuration inputs ----------------------------------------------------------------------
+
+    def set_derp_map(self, derp_map: DERPMap, now: float) -> None:
+        """The DERP map: its STUN endpoints become the STUN servers (a new set starts a STUN round)."""
+        self.derp_map = derp_map
+        servers = [ep for r in derp_map.sorted_regions() for n in r.nodes for ep in n.stun_endpoints()]
+        self._eps.set_servers(servers, now)
+        self._pump(now)
+
+    def set_home_region(self, region: int, now: float) -> None:
+        self.home_region = region or None
+        self._pump(now)
+
+    def set_local_endpoints(self, endpoints: Iterable[Endpoint], now: float) -> None:
+        self._eps.set_local(endpoints, now)
+        self._pump(now)
+
+    def set_netmap(self, netmap: NetMap, now: float) -> None:
+        """Own entry and peers: new peers get a WireGuard peer and a flow, changed ones are updated,
+        missing ones are removed (WireGuard peer and flow dropped)."""
+        self.self_node = netmap.self_node
+        if netmap.derp_map is not None and netmap.derp_map != self.derp_map:
+            self.set_derp_map(netmap.derp_map, now)
+        seen: set[NodePublicKey] = set()
+        for node in netmap.peers:
+            if node.node_key == self.node_public or node.node_key in seen:
+                continue
+            seen.add(node.node_key)
+            peer = self._peers.get(node.node_key)
+            if peer is None:
+                self._add_peer(node, now)
+            else:
+                self._update_peer(peer, node, now)
+        for key in [k for k in self._peers if k not in seen]:
+            self._remove_peer(key)
+        self._pump(now)
+
+    def derp_state(self, region: int, connected: bool, now: float) -> None:
+        """The driver's DERP connection to ``region`` came up or went down."""
+        if connected:
+            self.derp_connected.add(region)
+        else:
+            self.derp_connected.discard(region)
+        self._pump(now)
+
+    def import_cache(self, obj: dict[str, Any]) -> None:
+        """Last-known endpoints per peer (from :meth:`export_cache`); bad entries are skipped and counted."""
+        cache, bad = cache_from_json(obj)
+        self.drops["cache-bad-entry"] += bad
+        self._cache.update(cache)
+
+    def export_cache(self) -> dict[str, Any]:
+        """Last-known endpoints per peer: the netmap's, the cached ones and the direct address in use."""
+        cache = dict(self._cache)
+        for key, peer in self._peers.items():
+            best = peer.flow.send_plan(self._now).udp
+            known = (*((best,) if best is not None else ()), *peer.node.endpoints, *cache.get(key, ()))
+            cache[key] = tuple(dict.fromkeys(known))
+        return cache_to_json(cache)
+
+    # --- network inputs ----------------------------------------------------------------------------
+
+    def receive_udp(self, data: bytes, src: Endpoint, now: float) -> None:
+        """A datagram on the node's socket: STUN answer, disco, or WireGuard (protocols.md §4.11)."""
+        data = bytes(data)
+        kind = classify(data)
+        if kind is Kind.STUN:
+            if not self._eps.receive_stun(data, src, now):
+                self._drop("stun-unexpected", now, src, data)
+        elif kind is Kind.DISCO:
+            self._receive_disco(data, src, None, now)
+        elif kind is Kind.WIREGUARD:
+            key = self._wg.learnt.get(src)
+            if key is None:
+                self.counters["wg-unknown-source"] += 1
+            self.counters["wg-received-udp"] += 1
+            self._wg.receive(data, src, key, now)
+        else:
+            self._drop("unknown-datagram" if kind is Kind.UNKNOWN else f"unsupported-{kind.value}", now, src, data)
+        self._pump(now)
+
+    def receive_derp(self, region: int, src: NodePublicKey, data: bytes, now: float) -> None:
+        """A packet relayed by DERP region ``region`` from node ``src``: disco or WireGuard."""
+        data = bytes(data)
+        magic = derp_magic_endpoint(region)
+        kind = classify(data)
+        if kind is Kind.DISCO:
+            self._receive_disco(data, magic, src, now)
+        elif kind is Kind.WIREGUARD and src in self._peers:
+            self.counters["wg-received-derp"] += 1
+            self._wg.receive(data, magic, src, now)
+        elif kind is Kind.WIREGUARD:
+            self._drop("derp-unknown-peer", now, magic, data, src)
+        else:
+            self._drop(f"derp-{kind.value}", now, magic, data, src)
+        self._pump(now)
+
+    def send_ip_packet(self, packet: bytes, now: float) -> None:
+        """An IP packet from the TUN / virtual interface: WireGuard routes it to a peer by destination."""
+        self._wg.send_packet(packet, now)
+        self._pump(now)
+
+    def ping(self, peer: str | NodePublicKey, now: float) -> None:
+        """``natkit ping``: disco pings where packets would go; answers come as :class:`PingResult` events.
+        Raises :class:`UsageError` for a name, tunnel IP or key that is no peer."""
+        p = self._find(peer)
+        if not p.flow.cli_ping(now):
+            self._events.append(PingUnanswered(p.node.name, self._ip_of(p), "no path"))
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        self._eps.handle_timer(now)
+        self._wg.handle_timer(now)
+        for p in list(self._peers.values()):
+            p.flow.handle_timer(now)
+        self._pump(now)
+
+    # --- outputs -----------------------------------------------------------------------------------
+
+    def udp_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        out, self._udp_out = self._udp_out, []
+        return out
+
+    def derp_to_send(self) -> list[tuple[int, NodePublicKey, bytes]]:
+        """``(region, destination node key, payload)`` for the DERP client of that region."""
+        out, self._derp_out = self._derp_out, []
+        return out
+
+    def ip_packets_received(self) -> list[bytes]:
+        out, self._ip_out = self._ip_out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        due = [self._wg.device.get_timer(), self._eps.get_timer(), *(p.flow.get_timer() for p in self._peers.values())]
+        return min((t for t in due if t is not None), default=None)
+
+    def next_event(self) -> NodeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._eps.endpoints
+
+    def flow(self, peer: str | NodePublicKey) -> PeerFlow:
+        """The flow of a peer (by name, tunnel IP or key), for drivers, tests and widgets."""
+        return self._find(peer).flow
+
+    def status(self, now: float) -> NodeStatus:
+        wg = self._wg.status()
+        peers = []
+        for key, p in self._peers.items():
+            f = p.flow
+            path = f.path_kind(now)
+            udp = f.send_plan(now).udp if path != "derp" else None
+            peers.append(peer_status(p.node, f.state, path, udp, f.latency, f.mtu, wg.get(key)))
+        own = self.self_node
+        return NodeStatus(
+            at=now,
+            name=self.name,
+            node_key=self.node_public,
+            tunnel_ips=tuple(str(a.ip) for a in own.addresses) if own is not None else (),
+            endpoints=self._eps.endpoints,
+            home_region=self.home_region,
+            derp_connected=tuple(sorted(self.derp_connected)),
+            peers=tuple(peers),
+            counters=dict(self.counters),
+            drops=dict(self.drops + self._wg.device.counters),
+        )
+
+    # --- peers -------------------------------------------------------------------------------------
+
+    def _find(self, peer: str | NodePublicKey) -> _Peer:
+        return self._peers[find_node([p.node for p in self._peers.values()], peer).node_key]
+
+    def _ip_of(self, p: _Peer) -> str:
+        return str(p.node.addresses[0].ip) if p.node.addresses else "-"
+
+    def _endpoints_of(self, node: ControlNode) -> tuple[Endpoint, ...]:
+        return tuple(dict.fromkeys((*node.endpoints, *self._cache.get(node.node_key, ()))))
+
+    def _add_peer(self, node: ControlNode, now: float) -> None:
+        self._wg.upsert_peer(node.node_key, _host_prefixes(node))
+        region = node.home_derp or None
+        flow = PeerFlow(
+            node.disco_key,
+            self._rng,
+            peer_node=node.node_key,
+            node_key=self.node_public,
+            derp_region=region,
+            timing=self.timing,
+            tracer=self.tracer,
+            node=self.name,
+        )
+        p = self._peers[node.node_key] = _Peer(node, flow)
+        self._by_disco[node.disco_key] = node.node_key
+        endpoints = self._endpoints_of(node)
+        flow.set_endpoints(endpoints, now)
+        if self._eps_at is not None:
+            flow.set_my_endpoints(self._eps.endpoints, self._eps_at)
+        flow.start(now, have_info=bool(endpoints) or region is not None)
+        self.counters["peers-added"] += 1
+        self._drain_flow(p, now)
+
+    def _update_peer(self, p: _Peer, node: ControlNode, now: float) -> None:
+        old = p.node
+        if node.disco_key != old.disco_key:  # the peer restarted: a fresh flow, WireGuard keeps its sessions
+            self._by_disco.pop(old.disco_key, None)
+            del self._peers[node.node_key]
+            self._add_peer(node, now)
+            return
+        p.node = node
+        if node.addresses != old.addresses:
+            self._wg.upsert_peer(node.node_key, _host_prefixes(node))
+        if node.endpoints != old.endpoints or node.home_derp != old.home_derp:
+            p.flow.info_received(self._endpoints_of(node), node.home_derp or None, now)
+
+    def _remove_peer(self, key: NodePublicKey) -> None:
+        p = self._peers.pop(key)
+        self._by_disco.pop(p.node.disco_key, None)
+        self._wg.remove_peer(key)
+        self.counters["peers-removed"] += 1
+
+    # --- disco -------------------------------------------------------------------------------------
+
+    def _receive_disco(self, data: bytes, src: Endpoint, derp_src: NodePublicKey | None, now: float) -> None:
+        try:
+            sender, message = open_message(data, self.config.disco_key)
+        except DecodeError:
+            return self._drop("disco-undecodable", now, src, data, derp_src)
+        except CryptoError:
+            return self._drop("disco-open-failed", now, src, data, derp_src)
+        key = self._by_disco.get(sender)
+        if key is None:
+            return self._drop("disco-unknown-sender", now, src, data, derp_src)
+        if derp_src is not None and derp_src != key:
+            return self._drop("disco-derp-key-mismatch", now, src, data, derp_src)
+        if derp_src is None:
+            self._wg.learn(src, key)
+        self.counters["disco-received"] += 1
+        self._peers[key].flow.receive_message(message, src, now)
+
+    def _drain_flow(self, p: _Peer, now: float) -> bool:
+        """Seal and route the flow's disco messages, act on its events; True if anything happened."""
+        busy = False
+        if p.flow.state is State.StartDERP and self._derp_up(p):
+            p.flow.derp_ready(now)
+        for out in p.flow.messages_to_send():
+            busy = True
+            data = seal_message(out.message, self.config.disco_key, p.node.disco_key, self._rng(24))
+            region = region_of(out.to)
+            if region is not None:
+                self._derp_out.append((region, p.key, data))
+            else:
+                self._udp_out.append((data, out.to))
+            self.counters["disco-sent"] += 1
+        while (event := p.flow.next_event()) is not None:
+            if isinstance(event, EndpointsRefreshWanted):
+                busy = True
+                self._eps.restun(now, "a peer wants fresh endpoints")
+            elif isinstance(event, PongReceived) and event.purpose is Purpose.CLI:
+                region = region_of(event.src)
+                via = via_text(region, event.src)
+                self._events.append(PingResult(p.node.name, self._ip_of(p), via, event.latency, region is None))
+            elif isinstance(event, PingTimedOut) and event.purpose is Purpose.CLI:
+                self._events.append(
+                    PingUnanswered(p.node.name, self._ip_of(p), via_text(region_of(event.to), event.to))
+                )
+        shown = (p.flow.state.value, p.flow.path_kind(now))
+        if shown != p.shown:
+            p.shown = shown
+            self._events.append(PeerStateChanged(p.node.name, *shown))
+        return busy
+
+    def _derp_up(self, p: _Peer) -> bool:
+        region = p.region or self.home_region
+        return region is not None and region in self.derp_connected
+
+    # --- the pump ----------------------------------------------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        """Move everything the sub-cores produced to where it goes, until nothing moves."""
+        self._now = now
+        for _ in range(16):
+            busy = False
+            for data, ep in self._wg.datagrams():
+                busy = True
+                self._route_wireguard(data, ep, now)
+            self._ip_out += self._wg.device.packets_received()
+            for p in list(self._peers.values()):
+                busy |= self._drain_flow(p, now)
+            self._udp_out += self._eps.datagrams_to_send()
+            if self._eps.take_refresh():
+                busy = True
+                self._endpoints_confirmed(now)
+            self._want_regions()
+            if not busy:
+                return
+
+    def _endpoints_confirmed(self, now: float) -> None:
+        self._eps_at = now
+        if self._eps.version != self._eps_version:
+            self._eps_version = self._eps.version
+            self._events.append(EndpointsChanged(self._eps.endpoints))
+        for p in self._peers.values():
+            p.flow.set_my_endpoints(self._eps.endpoints, now)
+
+    def _want_regions(self) -> None:
+        wanted = {p.region for p in self._peers.values()} | {self.home_region}
+        regions = tuple(sorted(r for r in wanted if r is not None))
+        if regions != self._regions:
+            self._regions = regions
+            self._events.append(DerpRegionsWanted(regions))
+
+    def _route_wireguard(self, data: bytes, to: Endpoint, now: float) -> None:
+        """A WireGuard datagram for a placeholder: UDP and/or DERP as the peer's flow says (§4.3)."""
+        records = self._wg.sent_records(data)
+        key = self._wg.peer_at(to)
+        p = self._peers.get(key) if key is not None else None
+        if p is None:
+            return self._drop("wg-no-peer", now, to, data)
+        dests: list[Endpoint] = []
+        if not is_placeholder(to):  # an answer to a source WireGuard learnt before disco did
+            dests.append(to)
+        else:
+            plan = p.flow.note_send(now)
+            dests += [ep for ep in (plan.udp, plan.derp) if ep is not None]
+        if not dests:
+            return self._drop("wg-no-path", now, to, data, p.key)
+        for ep in dests:
+            region = region_of(ep)
+            if region is not None:
+                self._derp_out.append((region, p.key, data))
+                self.counters["wg-sent-derp"] += 1
+            else:
+                self._udp_out.append((data, ep))
+                self._wg.learn(ep, p.key)
+                self.counters["wg-sent-udp"] += 1
+            for rec in records:
+                self._wg.emit(replace(rec, endpoint=ep))
+
+    def _drop(self, reason: str, now: float, src: Endpoint, data: bytes, peer: NodePublicKey | None = None) -> None:
+        self.drops[reason] += 1
+        if self.tracer is not None:
+            self.tracer(TraceRecord(now, self.name, peer, "dropped", f"{len(data)} bytes", reason, data, src))
+
+
+def _host_prefixes(node: ControlNode) -> list[str]:
+    return [f"{a.ip}/{a.max_prefixlen}" for a in node.addresses]
+
+
+__all__ = ["NodeConfig", "NodeCore"]
