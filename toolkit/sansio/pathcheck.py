@@ -42,10 +42,12 @@ class PathCheck:
         bursts = self.bursts.get(ep, []) if ep is not None else []
         return next((b for b in bursts if b.answered), bursts[-1] if bursts else None)
 
-    def send(self, ep: Endpoint, now: float) -> Burst:
-        """Send a burst to ``ep`` now (one per endpoint and instant); bursts older than ``ping_timeout`` go."""
+    def send(self, ep: Endpoint, now: float, *, fresh: bool = False) -> Burst:
+        """Send a burst to ``ep`` now (one per endpoint and instant unless ``fresh``: the ping-back's burst
+        follows a ping that proved the peer's NAT open, even in the instant of a round's burst on a link
+        without latency); bursts older than ``ping_timeout`` go."""
         recent = [b for b in self.bursts.get(ep, []) if now - b.sent_at < self.timing.ping_timeout]
-        if recent and recent[-1].sent_at == now:
+        if recent and recent[-1].sent_at == now and not fresh:
             return recent[-1]
         burst = Burst(ep, now)
         v6 = ep.is_ipv6

@@ -28,7 +28,12 @@ natkit walks it):
 * CheckDirect "Public IP available" iff the peer advertises at least one endpoint and none is private
   (:func:`is_private_endpoint`: RFC 1918, 100.64/10, ULA, link local, loopback). TryDirect pings them all
   at once; DirectSuccess is Yes on a direct pong within ``Timing.try_direct_timeout``, else No.
-* StartDERP waits for :meth:`derp_ready`; DERPActive and StartDisco pass on at once (disco runs beside DERP).
+* StartDERP waits for :meth:`derp_ready`. DERPActive waits for a reason to look for a direct path, as
+  magicsock does (§4.4, §4.9: discovery starts when a packet is sent to the peer, or when the peer's
+  CallMeMaybe or ping arrives): :meth:`note_send`, :meth:`cli_ping` or a disco message from the peer; a
+  FallbackDERP (traffic was flowing) needs none. StartDisco passes on at once (disco runs beside DERP).
+  The lazy start matters: the side that sends first pings first, and its ping reaches the peer's router
+  before the peer's own packets leave it (the broken router of design.md §5 fails exactly then).
 * SendSTUN starts a discovery round (§4.4: every candidate pinged at once, CallMeMaybe over DERP; stale own
   endpoints make PeerPath ask for a re-STUN first: ``EndpointsRefreshWanted``). MultiProbe waits for the
   round: AnalyzeResponses is Yes on the first direct pong, No when the round ran ``Timing.ping_timeout``
@@ -91,7 +96,7 @@ from toolkit.types import DiscoPublicKey, Endpoint, NodePublicKey, TxID
 
 S = State
 _MIGRATED = frozenset((S.MigrateDirect, S.MonitorDirect, S.DirectStable, S.DirectActive))
-_PASS_ON = {S.StoreInfo, S.DERPActive, S.StartDisco, S.SendSTUN, S.EstablishDirect, S.MigrateDirect}
+_PASS_ON = {S.StoreInfo, S.StartDisco, S.SendSTUN, S.EstablishDirect, S.MigrateDirect}
 _PASS_ON |= {S.MonitorDirect, S.FallbackDERP}
 _MAX_STEPS = 200  # edges in one settle: a loop beyond this is a bug
 
@@ -134,6 +139,7 @@ class PeerFlow:
         self._pending: str | None = None  # an edge out of DirectActive / StayOnDERP waiting to be taken
         self._migrating = False  # between MigrateDirect and the DirectActive it leads to
         self._events: deque[FlowEvent] = deque()
+        self.wanted = False  # a packet, a CLI ping or the peer's disco asked for a direct path
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -218,6 +224,7 @@ class PeerFlow:
     def receive_message(self, message: Message, src: Endpoint, now: float) -> bool:
         self._tick(now)
         ok = self.path.receive_message(message, src, now)
+        self.wanted |= ok
         if ok and isinstance(message, CallMeMaybe):
             if self.state is S.StayOnDERP:
                 self._pending = g.CALL_ME_MAYBE
@@ -228,12 +235,14 @@ class PeerFlow:
 
     def note_send(self, now: float) -> SendPlan:
         self._tick(now)
+        self.wanted = True
         self.path.note_send(now)
         self._settle(now)
         return self.send_plan(now)
 
     def cli_ping(self, now: float) -> list[TxID]:
         self._tick(now)
+        self.wanted = True
         txids = self.path.cli_ping(now)
         self._settle(now)
         return txids
@@ -317,6 +326,8 @@ class PeerFlow:
         st, t = self.state, self.timing
         if st in _PASS_ON:
             return g.NEXT
+        if st is S.DERPActive:
+            return g.NEXT if self.wanted else None
         if st is S.CheckDirect:
             eps = self.peer_endpoints
             return g.PUBLIC_IP if eps and not any(is_private_endpoint(e) for e in eps) else g.BEHIND_NAT
@@ -392,9 +403,12 @@ class PeerFlow:
         ep = self._answer(now)
         assert ep is not None  # AnalyzeResponses said Yes
         self._validating = ep
-        _, latency = self._answered[ep]
+        at, latency = self._answered[ep]
         burst = self.check.burst_for(ep)
-        if burst is None or now - burst.sent_at >= self.timing.ping_timeout:  # no recent burst: send one now
+        # no recent burst, or one that left before the ping this pong answers (the ping-back case: the
+        # peer's NAT opened after the round's burst hit it, so that burst proves nothing): send one now
+        stale = burst is not None and not burst.answered and burst.sent_at < at - latency
+        if burst is None or stale or now - burst.sent_at >= self.timing.ping_timeout:
             burst = self.check.send(ep, now)
         burst.note_first_pong(now, latency, self.timing.validate_wait_min)
 
@@ -455,7 +469,7 @@ class PeerFlow:
             return
         self._ping_back_at[src] = now
         self.path.probe(src, now, purpose=Purpose.DISCOVERY)
-        self.check.send(src, now)
+        self.check.send(src, now, fresh=True)
 
     def _set_endpoints(self, endpoints: Iterable[Endpoint], now: float) -> None:
         self.peer_endpoints = tuple(dict.fromkeys(endpoints))
