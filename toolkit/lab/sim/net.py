@@ -21,6 +21,11 @@ What a machine does with a packet (:meth:`Machine.receive`, the natlab hooks mad
   Forwarded IPv6 is routed untranslated but filtered like IPv4
   (:meth:`~toolkit.lab.sim.nat.NatEngine.allow_out6`, :meth:`~toolkit.lab.sim.nat.NatEngine.allow_in6`).
 
+A machine's :attr:`Machine.filters` are its forward chain (an ``nft`` rule that drops forwarded
+packets): each is called with every packet the machine is about to route on, and a reason string it
+returns drops the packet with that reason. Labs and tests use them to cut a path (the NAT dropping a
+flow) while the rest of the traffic goes on.
+
 Every drop is counted in :attr:`Machine.counters` by reason and, with a lab ``tracer``, traced as a
 :class:`~toolkit.sansio.trace.TraceRecord` (``dropped``, the reason, the packet bytes).
 
@@ -134,18 +139,58 @@ class Machine:
         self._sockets: dict[tuple[int, IPAddress | str, int], Handler] = {}  # (proto, ip or "any4"/"any6", port)
         self._route_cache: dict[IPAddress, tuple[Interface, IPAddress] | None] = {}
         self._ephemeral = sched.rng_for(f"ephemeral:{name}")
+        self.filters: list[Callable[[Packet], str | None]] = []  # forward chain: a drop reason, or None to pass
 
     # --- configuration ----------------------------------------------------------------------------
 
-    def add_interface(self, name: str, segment: Segment, addresses: list[tuple[IPAddress, int]]) -> Interface:
-        """Attach to ``segment`` with ``addresses`` [(ip, prefixlen)]; their prefixes become on-link routes."""
-        iface = Interface(self, name, segment, list(addresses))
+    def add_interface(
+        self,
+        name: str,
+        segment: Segment,
+        addresses: list[tuple[IPAddress, int]],
+        factory: Callable[[Machine, str, Segment, list[tuple[IPAddress, int]]], Interface] | None = None,
+    ) -> Interface:
+        """Attach to ``segment`` with ``addresses`` [(ip, prefixlen)]; their prefixes become on-link routes.
+        ``factory`` builds an :class:`Interface` subclass (the virtual tunnel interface, :mod:`.tun`)."""
+        iface = (factory or Interface)(self, name, segment, [])
         self.interfaces[name] = iface
         segment.attach(iface)
         for ip, plen in addresses:
-            self._local_ips.add(ip)
-            self.add_route(ipaddress.ip_network(f"{ip}/{plen}", strict=False), name)
+            self.add_address(name, ip, plen)
         return iface
+
+    def add_address(self, interface: str, ip: IPAddress, prefixlen: int) -> None:
+        """Give ``interface`` one more address; its prefix becomes an on-link route (``ip addr add``)."""
+        iface = self.interfaces[interface]
+        iface.addresses.append((ip, prefixlen))
+        iface.segment._by_ip[ip] = iface
+        self._local_ips.add(ip)
+        self.add_route(ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False), interface)
+
+    def remove_address(self, interface: str, ip: IPAddress) -> None:
+        """Take ``ip`` off ``interface`` with its on-link route (``ip addr del``)."""
+        iface = self.interfaces[interface]
+        kept = [(a, p) for a, p in iface.addresses if a != ip]
+        gone = {ipaddress.ip_network(f"{a}/{p}", strict=False) for a, p in iface.addresses if a == ip}
+        gone -= {ipaddress.ip_network(f"{a}/{p}", strict=False) for a, p in kept}
+        iface.addresses[:] = kept
+        if iface.segment._by_ip.get(ip) is iface:
+            del iface.segment._by_ip[ip]
+        self._local_ips = {a for i in self.interfaces.values() for a, _ in i.addresses}
+        self.routes = [r for r in self.routes if not (r.interface is iface and r.via is None and r.prefix in gone)]
+        self._route_cache.clear()
+
+    def remove_interface(self, name: str) -> None:
+        """Detach ``name``: its addresses, and every route through it, are gone (``ip link del``)."""
+        iface = self.interfaces.pop(name)
+        for ip, _ in iface.addresses:
+            if iface.segment._by_ip.get(ip) is iface:
+                del iface.segment._by_ip[ip]
+        if iface in iface.segment.interfaces:
+            iface.segment.interfaces.remove(iface)
+        self._local_ips = {ip for i in self.interfaces.values() for ip, _ in i.addresses}
+        self.routes = [r for r in self.routes if r.interface is not iface]
+        self._route_cache.clear()
 
     def add_route(self, prefix: Network | str, interface: str, via: IPAddress | str | None = None) -> None:
         net = ipaddress.ip_network(prefix) if isinstance(prefix, str) else prefix
@@ -277,6 +322,11 @@ class Machine:
         if pkt.ttl <= 1:
             self.drop(pkt, "ttl-exceeded")
             return
+        for rule in self.filters:
+            reason = rule(pkt)
+            if reason is not None:
+                self.drop(pkt, reason)
+                return
         hop = self.route(pkt.dst.ip if dst is None else dst.ip)
         if hop is None:
             self.drop(pkt, "no-route")
