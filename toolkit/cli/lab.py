@@ -1,4 +1,4 @@
-"""`natkit lab list|up|down|status`: lab networks from the shell (issue 5).
+"""`natkit lab list|up|run|down|status`: lab networks from the shell (issues 5 and 6).
 
 ``natkit lab list`` prints the scenarios in ``labs/`` (name, what alice and bob should end up with,
 one line of description), the NAT presets and the backends.
@@ -15,6 +15,12 @@ lab running in the foreground (virtual time follows the wall clock) until Ctrl-C
 lab's state; ``natkit lab down`` stops it again once no natkit lab container is left), and builds the
 images offline (debootstrap base) when ``$NATKIT_DOCKER_OFFLINE=1`` or no registry answers, else from
 ``python:3.11-slim`` (:func:`toolkit.lab.benchlab.docker_offline`).
+
+``natkit lab run SCENARIO [--backend B] [--json]`` brings the scenario up, starts a node on each of its
+two node hosts, sends traffic through the tunnel, waits until the first node settles (DirectActive or
+StayOnDERP), takes the lab down and reports the final path, the time to direct and the flowchart states
+walked (:mod:`toolkit.cli.labrun`, :mod:`toolkit.lab.noderun`). Exit 0 when the outcome is the scenario's
+``expect`` and the walk follows the flowchart's edges, else 1.
 
 ``natkit lab down NAME`` removes a persistent lab (also one whose ``up`` failed half-way).
 ``natkit lab status [NAME]`` prints one lab's hosts and routers, or every recorded lab.
@@ -66,6 +72,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.set_defaults(func=run_up)
 
+    run = cmds.add_parser(
+        "run", help="start a scenario with two nodes, send traffic, report the path and the flowchart walked"
+    )
+    run.add_argument("scenario", metavar="SCENARIO", help="a scenario name from `natkit lab list` or a .yaml file")
+    run.add_argument("--backend", choices=BACKEND_CHOICES, default="sim", help="where the lab runs (default: sim)")
+    run.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    run.add_argument("--name", metavar="NAME", help="the lab's name (default: the scenario's)")
+    run.add_argument("--seed", type=int, default=0, help="the sim's random seed (default 0)")
+    run.add_argument(
+        "--timing-scale", type=float, default=1.0, metavar="F",
+        help="multiply every protocol timer by F (below 1: faster; default 1)",
+    )  # fmt: skip
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting for the nodes to settle")
+    run.set_defaults(func=_run_run)
+
     down = cmds.add_parser("down", help="take a netns/docker lab down and remove everything it made")
     down.add_argument("name", metavar="NAME", help="the lab's name (see `natkit lab status`)")
     down.set_defaults(func=run_down)
@@ -73,6 +94,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = cmds.add_parser("status", help="hosts, routers and addresses of one lab or of every lab that is up")
     status.add_argument("name", nargs="?", metavar="NAME", help="one lab (default: every recorded lab)")
     status.set_defaults(func=run_status)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from toolkit.cli.labrun import run_run
+
+    return run_run(args)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

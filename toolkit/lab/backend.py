@@ -31,13 +31,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from toolkit.codec.pcapio import LINKTYPE_RAW, PcapWriter
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
+
+if TYPE_CHECKING:
+    from toolkit.lab.nodes import NodeHandle
 
 PREFIX_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 PCAP_SNAPLEN = 262144
@@ -202,6 +205,9 @@ class ServiceHandle(abc.ABC):
         return f"{self.spec.kind} on {self.host}: {', '.join(self.listening) or 'starting'}"
 
 
+CUT_TABLE = "natkit_cut"  # the nftables table of Lab.block_udp
+
+
 class Lab(abc.ABC):
     """One running lab network on one backend. Subclasses implement the abstract methods."""
 
@@ -269,6 +275,48 @@ class Lab(abc.ABC):
     @abc.abstractmethod
     def logs(self, host: str) -> AsyncIterator[str]:
         """Stream ``host``'s log lines and trace records (implement as ``async def ... yield``)."""
+
+    async def start_node(self, host: str, *, timing_scale: float = 1.0) -> NodeHandle:
+        """Start a natkit node on ``host`` (registered with the lab's control server); returns once it runs.
+
+        ``timing_scale`` multiplies every timer (:meth:`toolkit.timing.Timing.scaled`): below 1 a lab
+        runs the flowchart faster (tests), above 1 slower (teaching).
+        """
+        raise UsageError(f"the {self.backend} backend cannot start nodes yet")
+
+    # --- breaking the direct path (the fallback lessons) -------------------------------------------
+
+    async def block_udp(self, router: str, remote_ip: str, blocked: bool = True) -> None:
+        """Make router ``router`` drop (or stop dropping) forwarded UDP to and from ``remote_ip``.
+
+        The direct path between two nodes dies while DERP (TCP) and STUN (another address) keep
+        working: the node must fall back to DERP, and come back when unblocked. The kernel backends
+        put one rule pair in a table of its own (``inet natkit_cut``, before the NAT's filter), so
+        the NAT's ruleset is untouched and unblocking is deleting that table; ``sim`` overrides this.
+        """
+        self._router(router)
+        table = f"inet {CUT_TABLE}"
+        if not blocked:
+            await self.run(router, ["sh", "-c", f"nft delete table {table} 2>/dev/null || true"])
+            return
+        family = "ip6" if ":" in remote_ip else "ip"
+        cmds = [
+            f"add table {table}",
+            f"add chain {table} forward {{ type filter hook forward priority -10 ; policy accept ; }}",
+            f"add rule {table} forward meta l4proto udp {family} daddr {remote_ip} drop",
+            f"add rule {table} forward meta l4proto udp {family} saddr {remote_ip} drop",
+        ]
+        for cmd in cmds:
+            (await self.run(router, ["nft", *cmd.split(" ")])).check(f"nft {cmd} on {router}")
+
+    async def flush_nat(self, router: str) -> None:
+        """Forget every NAT mapping of ``router`` at once (``conntrack -F``; ``sim`` clears its table).
+
+        What a router reboot or a mapping timeout does to a live flow: the node's next packet gets a
+        new mapping (on a port-preserving NAT, often the same port) and the peer's old view is stale.
+        """
+        self._nat_router(router)
+        (await self.run(router, ["conntrack", "-F"])).check(f"conntrack -F on {router}")
 
     async def sleep(self, seconds: float) -> None:
         """Let ``seconds`` pass: real time here; the ``sim`` backend advances its virtual clock."""

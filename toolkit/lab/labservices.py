@@ -30,7 +30,7 @@ DERP_PORT = 3340
 CONTROL_PORT = 8081
 LAB_AUTHKEY = "natkit-lab"
 LAB_REGION_ID = 1
-SUBCOMMAND = {"stun-server": "stun-server", "derp-server": "derp-server", "control-server": "control-server"}
+SUBCOMMAND = {k: k for k in ("stun-server", "derp-server", "control-server", "node")}
 
 
 def service_args(host: Host, spec: ServiceSpec) -> tuple[str, ...]:
@@ -46,6 +46,8 @@ def service_args(host: Host, spec: ServiceSpec) -> tuple[str, ...]:
         return ("--listen", f"{host.v4}:{DERP_PORT}")
     if spec.kind == "control-server":
         return ("--listen", f"{host.v4}:{CONTROL_PORT}", "--authkey", LAB_AUTHKEY)
+    if spec.kind == "node":
+        raise UsageError(f"host {host.name!r}: start a node with Lab.start_node (it needs the lab's control server)")
     raise UsageError(f"host {host.name!r}: unknown service {spec.kind!r}")
 
 

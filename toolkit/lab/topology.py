@@ -56,7 +56,7 @@ from toolkit.lab.nat import NatBehavior
 if TYPE_CHECKING:
     from toolkit.lab.scenario import TopologyBuilder
 
-SERVICE_KINDS = ("stun-server", "derp-server", "control-server")
+SERVICE_KINDS = ("stun-server", "derp-server", "control-server", "node")  # node: Lab.start_node
 EXPECTATIONS = ("direct", "local", "relayed")
 HOST_IFACE = "eth0"
 WAN_IFACE = "wan"
@@ -103,7 +103,7 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """A server a host runs: ``stun-server``, ``derp-server`` or ``control-server`` with CLI-style args."""
+    """A program a host runs: ``stun-server``, ``derp-server``, ``control-server`` or ``node``, with CLI-style args."""
 
     kind: str
     args: tuple[str, ...] = ()

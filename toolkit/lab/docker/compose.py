@@ -16,6 +16,8 @@ read it). :class:`~toolkit.lab.docker.lab.DockerLab` brings the same :class:`Pro
   since Docker's interface order is not guaranteed), replaces the Docker address by the topology's
   addresses, installs :meth:`Topology.routes` (Docker's default route via the bridge goes away: a LAN
   host's default route is via its router, internet hosts have none) and loads the router's nftables.
+* **hosts** get ``/dev/net/tun``: ``natkit node`` makes its WireGuard TUN interface there (NET_ADMIN
+  lets it configure it).
 * **routers** run the router image with ``net.ipv4.ip_forward=1`` and the SAME nftables ruleset as the
   ``netns`` backend (:mod:`toolkit.lab.netns.nftables` renders it from the router's
   :class:`~toolkit.lab.nat.NatBehavior`; a preset nftables cannot express is refused there, by name).
@@ -217,6 +219,8 @@ def to_compose(project: Project) -> dict[str, Any]:
         }
         if c.sysctls:
             service["sysctls"] = dict(c.sysctls)
+        if c.kind == "host":  # a natkit node makes its WireGuard interface here (Lab.start_node)
+            service["devices"] = ["/dev/net/tun:/dev/net/tun"]
         services[c.element] = service
     networks = {
         n.segment: {

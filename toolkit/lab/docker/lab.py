@@ -26,7 +26,7 @@ import contextlib
 import os
 import shlex
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from toolkit.errors import NatkitError
@@ -36,6 +36,7 @@ from toolkit.lab.docker import compose
 from toolkit.lab.docker import engine as engine_mod
 from toolkit.lab.docker import images as image_mod
 from toolkit.lab.docker.dockerexec import ExecService, TcpdumpCapture, exec_run, parse_conntrack
+from toolkit.lab.nodes import ServiceNode, node_args
 from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.timing import DEFAULT, Timing
 
@@ -226,6 +227,14 @@ class DockerLab(Lab):
         await svc.start()
         self.services.append(svc)
         return svc
+
+    async def start_node(self, host: str, *, timing_scale: float = 1.0) -> ServiceNode:
+        """``natkit node`` in ``host``'s container (``docker exec``), its files in ``/var/lib/natkit/HOST``."""
+        files = PurePosixPath("/var/lib/natkit") / self._host(host).name
+        (await self.run(host, ["sh", "-c", f"rm -rf {files} && mkdir -p {files}"])).check(f"mkdir on {host}")
+        args = node_args(self.topology, host, files, timing_scale=timing_scale)
+        service = await self.start_service(host, ServiceSpec("node", tuple(args)))
+        return ServiceNode(self, host, service, files, ["natkit"])
 
     async def open_capture(self, element: str, interface: str) -> Capture:
         self.topology.interface(element, interface)  # UsageError for an unknown element or interface

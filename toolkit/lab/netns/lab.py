@@ -45,6 +45,7 @@ from toolkit.lab.netns.state import (
     process_start_time,
     sweep_candidates,
 )
+from toolkit.lab.nodes import ServiceNode, node_args
 from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.node.tun import NETNS_DIR
 from toolkit.timing import DEFAULT, Timing
@@ -269,6 +270,16 @@ class NetnsLab(Lab):
         service = NetnsService(self, h.name, spec, record, listening)
         self.services.append(service)
         return service
+
+    async def start_node(self, host: str, *, timing_scale: float = 1.0) -> ServiceNode:
+        """``natkit node`` in ``host``'s namespace, its files in the lab directory (``nodes/HOST/``)."""
+        files = self.dir.path / "nodes" / self._host(host).name
+        files.mkdir(parents=True, exist_ok=True)
+        for stale in ("trace.jsonl", "api.sock"):
+            (files / stale).unlink(missing_ok=True)
+        args = node_args(self.topology, host, files, timing_scale=timing_scale)
+        service = await self.start_service(host, ServiceSpec("node", tuple(args)))
+        return ServiceNode(self, host, service, files, [sys.executable, "-m", "toolkit"])
 
     def _control_files(self, host: Host, argv: list[str]) -> list[str]:
         extra = []

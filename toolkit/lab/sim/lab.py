@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -36,8 +37,11 @@ from typing import Any
 
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMapping, RunResult, ServiceHandle
-from toolkit.lab.labservices import service_args
+from toolkit.lab.labservices import LAB_AUTHKEY, service_args
 from toolkit.lab.sim.control import ControlServerDriver
+from toolkit.lab.sim.packet import UDP, Packet
+from toolkit.lab.sim.simhandle import SimNodeHandle
+from toolkit.lab.sim.simnode import SimNode
 from toolkit.lab.sim.sockets import StunServerDriver
 from toolkit.lab.sim.streams import DerpServerDriver
 from toolkit.lab.sim.world import SimWorld
@@ -95,6 +99,7 @@ class SimLab(Lab):
         self._captures: list[tuple[Capture, Any]] = []
         self._logs: dict[str, list[str]] = {}
         self._log_event: asyncio.Event | None = None
+        self.nodes: dict[str, SimNodeHandle] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -112,6 +117,9 @@ class SimLab(Lab):
                     self._log(host.name, f"natkit {spec.kind}: not simulated (the sim runs {', '.join(SIMULATED)})")
 
     async def down(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+        self.nodes = {}
         for service in self.services:
             await service.stop()
         for capture, remove in self._captures:
@@ -263,6 +271,45 @@ class SimLab(Lab):
 
         self._captures.append((capture, iface.capture.listen(seen)))
         return capture
+
+    async def start_node(self, host: str, *, timing_scale: float = 1.0) -> SimNodeHandle:
+        """A :class:`~toolkit.lab.sim.simnode.SimNode` on ``host``, registered with the lab's control server."""
+        world = self._world()
+        if not self.topology.host(host).node:
+            raise UsageError(f"host {host!r} is not a node host (node: true in the scenario)")
+        timing = self.timing.scaled(timing_scale) if timing_scale != 1.0 else self.timing
+        node = SimNode(world, host, control=world.control_endpoint(), authkey=LAB_AUTHKEY, timing=timing)
+        handle = SimNodeHandle(self, node)
+
+        def traced(record: TraceRecord) -> None:
+            handle.traced(record)
+            self._trace(record)
+
+        node.tracer = traced
+        node.start()
+        handle.start_echo()
+        self.nodes[host] = handle
+        self._log(host, f"natkit node: listening on udp {', '.join(str(e) for e in node.local_endpoints())}")
+        return handle
+
+    async def block_udp(self, router: str, remote_ip: str, blocked: bool = True) -> None:
+        """The router's forward chain drops UDP to and from ``remote_ip`` (:meth:`Lab.block_udp`)."""
+        self._router(router)
+        machine = self._world().machine(router)
+        ip = ipaddress.ip_address(remote_ip)
+        machine.filters[:] = [f for f in machine.filters if getattr(f, "blocks", None) != ip]
+        if blocked:
+
+            def cut(pkt: Packet) -> str | None:
+                return "blocked-by-lab" if pkt.proto == UDP and ip in (pkt.src.ip, pkt.dst.ip) else None
+
+            cut.blocks = ip  # type: ignore[attr-defined]
+            machine.filters.append(cut)
+
+    async def flush_nat(self, router: str, *, renumber: bool = False) -> None:
+        """Forget the router's mappings; ``renumber``: every flow gets a new public port (sim only)."""
+        self._nat_router(router)
+        self._world().nat(router).flush(renumber=renumber)
 
     async def nat_table(self, router: str) -> list[NatMapping]:
         self._nat_router(router)

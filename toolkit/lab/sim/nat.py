@@ -127,6 +127,7 @@ class NatEngine:
         self._next_port: int | None = None
         self._collisions = False  # set once a flow got a port of its own (broken router)
         self._v6: dict[tuple[int, Endpoint], dict[Endpoint, float]] = {}  # (proto, private) -> remote -> expiry
+        self._retired: set[tuple[int, int]] = set()  # (proto, public port) a renumbering flush took out of use
 
     # --- outbound ---------------------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class NatEngine:
             if holder.alive(now):
                 return False
             self._remove(holder, "expired")
-        if self.port_busy(proto, port):
+        if self.port_busy(proto, port) or (proto, port) in self._retired:
             return False
         return not (self._local and self._collides(proto, port, remote, now))
 
@@ -334,6 +335,21 @@ class NatEngine:
         if self.on_event is not None:
             when = f" at t={m.expires:.3f}" if why == "expired" else ""
             self.on_event(f"mapping-{why}", f"{_proto(m.proto)} {m.private} -> {m.public} {why}{when}")
+
+    def flush(self, *, renumber: bool = False) -> int:
+        """Forget every mapping (``conntrack -F``, a router reboot); returns how many went.
+
+        With ``renumber`` the public ports they held are not handed out again, so every flow gets a new
+        public port: what a NAT that does not preserve ports across a reboot does to a live flow.
+        """
+        gone = list(self._maps.values())
+        for m in gone:
+            if renumber:
+                self._retired.add((m.proto, m.public.port))
+            self._remove(m, "flushed")
+        self._local.clear()
+        self._v6.clear()
+        return len(gone)
 
     def expire(self, now: float) -> None:
         """Remove every mapping and local session that has timed out."""
