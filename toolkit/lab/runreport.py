@@ -7,7 +7,7 @@ never from a node's private state. The JSON form (``natkit lab run --json``) has
 * ``scenario``, ``backend``;
 * ``final_path``: ``direct``, ``local`` (the direct path runs over LAN addresses) or ``derp``;
 * ``final_state``: the seed flowchart id the first node's machine is in for its first peer;
-* ``time_to_direct_s``: seconds from the first node's first packet to its first ``DirectActive``
+* ``time_to_direct_s``: seconds from the first node's first packet to the peer to its first ``DirectActive``
   (``null`` when never direct);
 * ``states``: the flowchart ids walked for the first peer, in order, from ``Start``.
 
@@ -151,10 +151,11 @@ def _compress(states: Sequence[str]) -> list[str]:
 
 
 def time_to_direct(records: Sequence[TraceRecord], walk: Walk) -> float | None:
-    """From the node's first packet record to its first DirectActive (None when never direct)."""
+    """From the node's first packet to the peer (WireGuard or disco, any path) to its first DirectActive
+    (None when never direct)."""
     reached = walk.first(peergraph.State.DirectActive.value)
     if reached is None:
         return None
-    starts = [r.at for r in records if r.node == walk.node and r.kind == "sent"]
+    starts = [r.at for r in records if r.node == walk.node and r.kind == "sent" and _peer_text(r.peer) == walk.peer]
     first = min(starts, default=walk.times[0] if walk.times else reached)
     return max(0.0, reached - first)
