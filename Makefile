@@ -1,5 +1,5 @@
 # natkit: two set-up commands on a fresh machine.
-#   make demo   venv + package, then the walk-through on the embedded sim backend
+#   make demo   venv + package, then natkit demo: two nodes go direct on the embedded sim backend
 #   make test   venv + package + test extras (+ Debian packages when run as root), then the whole suite
 # Other targets: make lint, make bench, make clean.
 

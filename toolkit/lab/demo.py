@@ -6,8 +6,8 @@ The story, told from alice's side, with every step read from her public trace re
    starts on alice and on bob; alice sends traffic to bob through the tunnel;
 2. every flowchart transition alice's node takes for bob is printed as it happens: when (seconds since
    her first packet), the edge (``CheckDirect -[Behind NAT]-> StartDERP``), and the packet behind it
-   (the last packet record of that peer before the edge: the pong that made ``AnalyzeResponses`` say
-   yes, the CallMeMaybe sent over DERP, ...);
+   (:meth:`Narrator._cause`: the pong that made ``AnalyzeResponses`` say yes, the first WireGuard packet
+   that started discovery, the heartbeat ping, ...);
 3. on DirectActive: ``natkit status`` and ``natkit ping`` through the node;
 4. then the direct path is cut at alice's router (:meth:`Lab.block_udp` drops UDP to and from bob's
    public address: DERP is TCP and STUN another address, so they carry on): the node falls back to
@@ -41,7 +41,7 @@ class Narrator:
         self.node, self.say = node, say
         self.seen = 0
         self.t0: float | None = None
-        self.last_packet: dict[str, TraceRecord] = {}
+        self.packets: dict[str, list[TraceRecord]] = {}  # per peer: packet records since its last transition
         self.peer: str | None = None
         self.state: str | None = None
         self.walked: list[str] = []  # every state entered, in order
@@ -59,7 +59,7 @@ class Narrator:
             self.t0 = r.at
         peer = r.peer.text() if r.peer is not None else ""
         if r.kind in ("sent", "received") and r.detail:
-            self.last_packet[peer] = r
+            self.packets.setdefault(peer, []).append(r)
             return
         if r.kind != "transition":
             return
@@ -76,12 +76,18 @@ class Narrator:
         t = r.at - (self.t0 if self.t0 is not None else r.at)
         label = f"-[{edge.label}]->" if edge.label else "->"
         line = f"  {t:8.3f}s  {edge.src.value} {label} {edge.dst.value}"
-        pkt = self.last_packet.get(peer)
+        pkt = self._cause(self.packets.pop(peer, []))
         if pkt is not None:
             where = f" {pkt.endpoint}" if pkt.endpoint is not None else ""
             line += f"    [{pkt.kind}{where}: {pkt.detail}]"
-            self.last_packet.pop(peer, None)
         self.say(line)
+
+    @staticmethod
+    def _cause(packets: list[TraceRecord]) -> TraceRecord | None:
+        """The packet behind an edge: the last one received since the previous edge (a pong, the peer's
+        CallMeMaybe), else the first one sent (the packet that started discovery, the heartbeat ping)."""
+        received = [p for p in packets if p.kind == "received"]
+        return received[-1] if received else (packets[0] if packets else None)
 
 
 async def _follow(
