@@ -18,6 +18,7 @@ On ``sim`` the lab's links get realistic latencies (:func:`toolkit.lab.noderun.w
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -121,7 +122,7 @@ async def run_demo(
     say(f"natkit demo: {topo.name} on {backend}: {topo.description}")
     summary: dict[str, Any] = {"scenario": topo.name, "backend": backend}
     wall = time.monotonic()
-    lab = open_lab(topo, backend, name_prefix=f"demo-{topo.name}"[:20].rstrip("-"))
+    lab = open_lab(topo, backend, name_prefix=f"demo{os.getpid() % 100000}")  # two demos may run at once
     async with lab:
         say(f"lab up: STUN, DERP and control servers running; starting nodes on {a_host.name} and {b_host.name}")
         a = await lab.start_node(a_host.name, timing_scale=timing_scale)
