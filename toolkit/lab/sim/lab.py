@@ -48,6 +48,7 @@ from toolkit.lab.sim.world import SimWorld
 from toolkit.lab.topology import ServiceSpec, Topology
 from toolkit.sansio.natbehavior import NatBehaviorDiscovery
 from toolkit.sansio.trace import Tracer, TraceRecord
+from toolkit.sansio.tracejson import dumps_line
 from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
@@ -367,21 +368,7 @@ class SimLab(Lab):
         if self.tracer is not None:
             self.tracer(record)
         if record.node in self._logs:
-            self._log(record.node, json.dumps(trace_json(record)))
-
-
-def trace_json(record: TraceRecord) -> dict[str, Any]:
-    """A trace record as one JSON object (the form out-of-process nodes stream, design.md §2)."""
-    return {
-        "at": round(record.at, 6),
-        "node": record.node,
-        "peer": record.peer.hex() if record.peer is not None else None,
-        "kind": record.kind,
-        "detail": record.detail,
-        "reason": record.reason,
-        "endpoint": str(record.endpoint) if record.endpoint is not None else None,
-        "raw": record.raw.hex(),
-    }
+            self._log(record.node, dumps_line(record))  # the JSON lines out-of-process nodes write
 
 
 class _NatTypeParser(argparse.ArgumentParser):
@@ -397,4 +384,4 @@ def _flag_values(args: Sequence[str], flag: str) -> list[str]:
     return [value for name, value in itertools.pairwise(args) if name == flag]
 
 
-__all__ = ["SimLab", "SimService", "trace_json"]
+__all__ = ["SimLab", "SimService"]
