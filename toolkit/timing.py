@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 _RATIO = {"unit": "ratio"}  # a field that is not a duration: scaled() leaves it alone
+_FIXED = {"unit": "fixed"}  # a duration that is not a protocol timer (a tolerance): scaled() leaves it alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,10 @@ class Timing:
     validate_probes: int = 4
     # PathGood: at most this share of the validate_probes may be lost (a ratio, not a duration: never scaled).
     validate_max_loss: float = field(default=0.25, metadata=_RATIO)
-    # ValidatePath: after the first pong from a candidate, wait this long at least (and one measured round trip
-    # at least) for the rest of its burst; a burst answered in full ends validation at once.
-    validate_wait_min: float = 0.02
+    # ValidatePath: after the first pong from a candidate, wait this long at least (and two measured round trips
+    # at least) for the rest of its burst; a burst answered in full ends validation at once. Not scaled: it
+    # covers the peer's processing (it answers its own burst first) and a loaded machine, not a protocol timer.
+    validate_wait_min: float = field(default=0.05, metadata=_FIXED)
     # PathGood: a direct path slower than this is not worth migrating to (DERP relays answer within it).
     path_max_latency: float = 1.0
 
@@ -103,13 +105,13 @@ class Timing:
     handshake_flood_interval: float = 0.02
 
     def scaled(self, factor: float) -> Timing:
-        """Every duration multiplied by ``factor`` (> 1 slows a lab down); counts and ratios are kept."""
+        """Every duration multiplied by ``factor`` (> 1 slows a lab down); counts, ratios and tolerances are kept."""
         if factor <= 0:
             raise ValueError(f"scale factor must be > 0, got {factor}")
         changes = {
             f.name: getattr(self, f.name) * factor
             for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), float) and f.metadata.get("unit") != "ratio"
+            if isinstance(getattr(self, f.name), float) and f.metadata.get("unit") not in ("ratio", "fixed")
         }
         return dataclasses.replace(self, **changes)
 

@@ -42,10 +42,10 @@ natkit walks it):
 * ValidatePath (natkit's; Tailscale trusts the first pong): every discovery round that starts while the flow
   is not direct carries, to every target, ``validate_probes`` pings padded to 1280 bytes on the wire and one
   padded to 1500 (:mod:`.pathcheck`, protocols.md §4.12). Their answers come with the round's, so validation adds
-  no round trip when nothing is lost, and at most ``max(RTT, validate_wait_min)`` after the first pong
+  no round trip when nothing is lost, and at most ``max(2 RTT, validate_wait_min)`` after the first pong
   otherwise. PathGood: loss ≤ ``validate_max_loss``, latency ≤ ``path_max_latency``, MTU ≥ 1280.
-  A failed endpoint is rejected in PeerPath (never its best address) until StayOnDERP's upgrade interval
-  or a link change; TryAltPath is Yes while another candidate answered or a round ping is still out.
+  A failed endpoint is rejected in PeerPath (never its best address) until the next round (RetryProbes),
+  StayOnDERP's upgrade interval or a link change; TryAltPath is Yes while another candidate answered or a round ping is still out.
 * EstablishDirect makes the validated endpoint PeerPath's best address (betterAddr may have preferred one
   that failed). From MigrateDirect on, PeerPath's plan is used as is (a trusted address means UDP only,
   §4.3); before it, :meth:`send_plan` adds DERP to a UDP-only plan.
@@ -232,6 +232,8 @@ class PeerFlow(FlowFollow):
                 self.rounds = max(self.rounds, t.disco_retry_rounds - 1)  # a re-upgrade is one round
                 if edge.label == g.UPGRADE_INTERVAL:
                     self.path.clear_rejected()
+            elif edge.src is S.RetryProbes:
+                self.path.clear_rejected()  # a new round validates afresh: a burst late once is not a bad path
             self.rounds += 1
             self._round_end = now + t.ping_timeout
             self.path.discover(now, call_me_maybe=True, cause="flow")

@@ -83,9 +83,10 @@ class Burst:
 
     def note_first_pong(self, now: float, latency: float, wait_min: float) -> None:
         """The endpoint answered after ``latency``: the burst's answers are due one round trip after it left,
-        give them ``max(latency, wait_min)`` more (at most ~one RTT after the first pong)."""
+        give them ``max(2 x latency, wait_min)`` more (a queue on the way or a busy peer delays the padded
+        pings behind the first pong; a burst answered in full ends the wait at once)."""
         if self.deadline is None:
-            self.deadline = max(now, self.sent_at + latency) + max(latency, wait_min)
+            self.deadline = max(now, self.sent_at + latency) + max(2 * latency, wait_min)
 
     def complete(self, now: float) -> bool:
         resolved = len(self.answered) + len(self.lost) >= len(self.sizes)

@@ -101,7 +101,7 @@ class DerpConnection(asyncio.Protocol):
 
     def send_packet(self, dst: NodePublicKey, packet: bytes) -> bool:
         core = self.core
-        ok = core.send_packet(dst, packet, self.loop.time() if core.bucket is not None else None)
+        ok = core.send_packet(dst, packet, self.loop.time() if core.bucket is not None or core.tracer else None)
         if core.pending_bytes >= FLUSH_AT:
             self.flush()
         elif not self._flush_scheduled:
