@@ -78,6 +78,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     lab.set_defaults(func=run_lab)
 
+    up = bsub.add_parser(
+        "upgrade",
+        help="time from the first packet to a direct path (DirectActive): sim vs the physical minimum, netns vs aioice",
+        description="Two nodes on scenario easy-easy: alice sends to bob; the time from alice's first packet to each "
+        "node's first DirectActive, from their trace records. sim (link latencies set): as a ratio to the physical "
+        "minimum, one DERP delivery of CallMeMaybe plus one direct round trip (goal <= 1.2x). netns (root): against "
+        "aioice establishing an ICE connection between the same hosts with the same STUN server, interleaved in the "
+        "same run (goal: natkit <= 0.5x aioice); also each node's idle CPU and peak memory (VmHWM).",
+    )
+    up.add_argument("--repeat", type=int, default=5, metavar="R", help="runs per backend; median reported (default 5)")
+    up.add_argument(
+        "--backends",
+        metavar="LIST",
+        help="comma-separated backends to measure (default: sim,netns; those that cannot run are skipped)",
+    )
+    up.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds the netns nodes idle for the CPU figure (default 5)",
+    )
+    up.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    up.set_defaults(func=run_upgrade)
+
 
 def run_make_pcap(args: argparse.Namespace) -> int:
     from toolkit.packets.benchmark import make_capture
@@ -147,3 +172,20 @@ def run_lab(args: argparse.Namespace) -> int:
     print(json.dumps(report) if args.format == "json" else format_lab_report(report))
     failed = [b for b in ("sim", "netns", "docker") if isinstance(report.get(b), dict) and report[b].get("error")]
     return 1 if failed else 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    import sys
+
+    from toolkit.lab.benchupgrade import failed, run_upgrade_bench
+    from toolkit.lab.benchupgrade import format_report as format_upgrade_report
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+    report = run_upgrade_bench(
+        args.repeat, backends, idle=args.idle, explicit=args.backends is not None, progress=progress
+    )
+    print(json.dumps(report) if args.format == "json" else format_upgrade_report(report))
+    return 1 if failed(report) else 0
