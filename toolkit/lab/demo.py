@@ -25,9 +25,9 @@ from typing import Any
 
 from toolkit.errors import NatkitError
 from toolkit.lab.backend import Lab
-from toolkit.lab.noderun import first_peer, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, opened_lab, settled, wait_until, with_latency
 from toolkit.lab.nodes import NodeHandle
-from toolkit.lab.registry import load_topology, open_lab
+from toolkit.lab.registry import load_topology
 from toolkit.lab.runreport import walk_of
 from toolkit.sansio import peergraph
 from toolkit.sansio.trace import TraceRecord
@@ -122,8 +122,8 @@ async def run_demo(
     say(f"natkit demo: {topo.name} on {backend}: {topo.description}")
     summary: dict[str, Any] = {"scenario": topo.name, "backend": backend}
     wall = time.monotonic()
-    lab = open_lab(topo, backend, name_prefix=f"demo{os.getpid() % 100000}")  # two demos may run at once
-    async with lab:
+    name = f"demo{os.getpid() % 100000}"  # two demos may run at once
+    async with opened_lab(topo, backend, name=name, progress=say) as lab:
         say(f"lab up: STUN, DERP and control servers running; starting nodes on {a_host.name} and {b_host.name}")
         a = await lab.start_node(a_host.name, timing_scale=timing_scale)
         await lab.start_node(b_host.name, timing_scale=timing_scale)

@@ -26,9 +26,10 @@ on DERP (retries, then StayOnDERP) settles in seconds. ``sim`` runs in virtual t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from toolkit.lab.registry import load_topology, open_lab
 from toolkit.lab.runreport import RunReport, check_walk, time_to_direct, walk_of
 from toolkit.lab.topology import SegmentKind, Topology
 
+Progress = Callable[[str], None]
 SETTLED = ("DirectActive", "StayOnDERP")
 SIM_LATENCY = {SegmentKind.INTERNET: 0.010, SegmentKind.LAN: 0.001, SegmentKind.CARRIER: 0.002}  # one way, s
 
@@ -51,6 +53,10 @@ def with_latency(topo: Topology) -> Topology:
 
 EXPECT = {"direct": "direct", "local": "local", "relayed": "derp", "derp": "derp"}
 DEFAULT_TIMEOUT = {"sim": 300.0, "netns": 60.0, "docker": 90.0}  # seconds of the lab's clock
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def first_peer(status: dict[str, Any]) -> dict[str, Any] | None:
@@ -139,14 +145,40 @@ async def run_scenario(
     if backend == "sim":
         topology = with_latency(topology)
     started = time.monotonic()
+    async with opened_lab(topology, backend, name=name, seed=seed) as lab:
+        # sim time is free: keep the traffic going 2 s more so the report shows it flowing on the final path
+        report = await run_nodes(lab, timing_scale=timing_scale, timeout=timeout, hold=2.0 if backend == "sim" else 0.0)
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+@contextlib.asynccontextmanager
+async def opened_lab(
+    topology: Topology, backend: str, *, name: str | None = None, seed: int = 0, progress: Progress = _quiet
+) -> AsyncIterator[Lab]:
+    """The lab up (and down again afterwards, also on error). On docker: the engine found or started (and
+    stopped again if this started it) and the images built if missing, offline when no registry answers
+    (:func:`toolkit.lab.benchprep.prepare_docker`)."""
     kw: dict[str, Any] = {"seed": seed}
     if name is not None:
         kw["name_prefix"] = name
-    lab = open_lab(topology, backend, **kw)
-    async with lab:
-        report = await run_nodes(lab, timing_scale=timing_scale, timeout=timeout)
-    report.duration_s = time.monotonic() - started
-    return report
+    prep = None
+    if backend == "docker":
+        from toolkit.lab.benchprep import Skipped, prepare_docker
+
+        try:
+            prep = await asyncio.to_thread(prepare_docker, progress)
+        except Skipped as exc:
+            raise UsageError(f"the docker backend cannot run here: {exc}") from None
+        kw.update(engine=prep.engine, images=prep.images)
+    try:
+        async with open_lab(topology, backend, **kw) as lab:
+            yield lab
+    finally:
+        if prep is not None and prep.started:
+            from toolkit.lab.docker import engine as engine_mod
+
+            await asyncio.to_thread(engine_mod.stop_engine, prep.engine)
 
 
 def run(scenario: str | Path | Topology, backend: str = "sim", **kw: Any) -> RunReport:
@@ -154,4 +186,4 @@ def run(scenario: str | Path | Topology, backend: str = "sim", **kw: Any) -> Run
     return asyncio.run(run_scenario(scenario, backend, **kw))
 
 
-__all__ = ["DEFAULT_TIMEOUT", "SETTLED", "run", "run_nodes", "run_scenario", "settled", "wait_until"]
+__all__ = ["DEFAULT_TIMEOUT", "SETTLED", "opened_lab", "run", "run_nodes", "run_scenario", "settled", "wait_until"]
