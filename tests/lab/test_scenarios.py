@@ -29,6 +29,7 @@ PLACEMENT = {
     "udp-blocked": (["udp-blocked"], ["easy"], "relayed"),
     "broken-router": (["broken-router"], ["broken-router"], "relayed"),
     "broken-router-fixed": (["easy"], ["easy"], "direct"),
+    "dual-stack": (["easy"], ["easy"], "direct"),
 }
 
 

@@ -13,7 +13,11 @@ the host's own addresses so the ``sim`` backend (no wildcard sockets) and the ke
 
 :func:`derp_map` describes the lab's relays for nodes and netcheck (protocols.md §5): region 1
 (``lab``) lists every ``derp-server`` host (plain HTTP, no STUN on it) and every ``stun-server``
-host as a STUN-only node (tailcfg ``STUNOnly``).
+host as a STUN-only node (tailcfg ``STUNOnly``). A node's ``IPv6`` is the host's v6 address when one
+of the host's services of that kind listens there on the node's port (nodes STUN every address the
+map gives, v4 and v6): a dual-stack STUN server is the defaults' RFC 5780 pair on v4 plus a second
+``stun-server`` with ``args: [--listen, "[V6]:3478"]`` (``labs/dual-stack.yaml``), so the v4 pair
+keeps its RFC 5780 mode.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import itertools
 from toolkit.codec.derpmap import DERPMap, DERPNode, DERPRegion
 from toolkit.errors import UsageError
 from toolkit.lab.topology import Host, ServiceSpec, Topology
+from toolkit.types import Endpoint
 
 STUN_PORT = 3478
 STUN_ALT_PORT = 3479  # RFC 5780's second port, on the second address
@@ -65,6 +70,27 @@ def listen_port(host: Host, spec: ServiceSpec) -> int:
     return {"stun-server": STUN_PORT, "derp-server": DERP_PORT, "control-server": CONTROL_PORT}[spec.kind]
 
 
+def listen_endpoints(host: Host, spec: ServiceSpec) -> tuple[Endpoint, ...]:
+    """Every ``--listen HOST:PORT`` of the service on ``host`` (defaults included); bad values skipped."""
+    out = []
+    for flag, value in itertools.pairwise(service_args(host, spec)):
+        if flag == "--listen":
+            try:
+                out.append(Endpoint.parse(value))
+            except (ValueError, UsageError):
+                continue
+    return tuple(out)
+
+
+def _v6_listening(host: Host, kind: str, port: int) -> str:
+    """The host's v6 address if one of its ``kind`` services listens on ``[v6]:port``, else ``""``."""
+    if host.v6 is None:
+        return ""
+    wanted = Endpoint(host.v6, port)
+    specs = (s for s in host.services if s.kind == kind)
+    return str(host.v6) if any(wanted in listen_endpoints(host, s) for s in specs) else ""
+
+
 def hosts_running(topo: Topology, kind: str) -> tuple[Host, ...]:
     """The hosts whose services include ``kind``."""
     return tuple(h for h in topo.hosts if any(s.kind == kind for s in h.services))
@@ -83,29 +109,30 @@ def derp_map(topo: Topology) -> DERPMap:
     nodes: list[DERPNode] = []
     for host in hosts_running(topo, "derp-server"):
         spec = next(s for s in host.services if s.kind == "derp-server")
-        v6 = str(host.v6) if host.v6 else ""
+        port = listen_port(host, spec)
         nodes.append(
             DERPNode(
                 name=f"1{chr(ord('a') + len(nodes))}",
                 region_id=LAB_REGION_ID,
                 host_name=host.name,
                 ipv4=str(host.v4),
-                ipv6=v6,
+                ipv6=_v6_listening(host, "derp-server", port),
                 stun_port=-1,
-                derp_port=listen_port(host, spec),
+                derp_port=port,
                 scheme="http",
             )
         )
     for host in hosts_running(topo, "stun-server"):
         spec = next(s for s in host.services if s.kind == "stun-server")
+        port = listen_port(host, spec)
         nodes.append(
             DERPNode(
                 name=f"1{chr(ord('a') + len(nodes))}",
                 region_id=LAB_REGION_ID,
                 host_name=host.name,
                 ipv4=str(host.v4),
-                ipv6=str(host.v6) if host.v6 else "",
-                stun_port=listen_port(host, spec),
+                ipv6=_v6_listening(host, "stun-server", port),
+                stun_port=port,
                 stun_only=True,
             )
         )
@@ -124,6 +151,7 @@ __all__ = [
     "control_url",
     "derp_map",
     "hosts_running",
+    "listen_endpoints",
     "listen_port",
     "service_argv",
     "service_args",

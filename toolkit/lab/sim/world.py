@@ -156,7 +156,7 @@ class SimWorld:
                 listen.append(Endpoint(h.extra_v4[0], STUN_ALT_PORT))
         core = StunServerCore(listen[0], listen[1] if len(listen) > 1 else None, name=f"stun-server {host}")
         driver = StunServerDriver(self.machine(host), core)
-        self.stun_servers[host] = driver
+        self.stun_servers.setdefault(host, driver)  # the host's first server stays its entry; a second (v6) runs beside
         return driver
 
     def start_stun_servers(self) -> None:
