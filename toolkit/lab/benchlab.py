@@ -45,6 +45,7 @@ from toolkit.lab.benchprep import (
     docker_offline,
     prepare_docker,
     registry_reachable,
+    split_backends,
 )
 from toolkit.lab.labprobe import probe
 from toolkit.lab.topology import Topology
@@ -150,20 +151,9 @@ def run_lab_bench(
 
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
-    wanted = list(dict.fromkeys(backends or BACKENDS))
-    for name in wanted:
-        if name not in BACKENDS:
-            raise UsageError(f"unknown lab backend {name!r}; backends: {', '.join(BACKENDS)}")
+    runnable, skipped = split_backends(backends, BACKENDS, "lab")
     path = scenario_path(scenario)
     topo = load_topology(path)
-    skipped: dict[str, str] = {}
-    runnable = []
-    for name in wanted:
-        try:
-            check_backend(name)
-            runnable.append(name)
-        except Skipped as exc:
-            skipped[name] = exc.reason
     docker: DockerPrep | None = None
     if "docker" in runnable:
         try:

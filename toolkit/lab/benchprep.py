@@ -19,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,29 @@ def check_backend(name: str) -> None:
             )
     elif name != "sim":
         raise UsageError(f"unknown lab backend {name!r}; backends: {', '.join(BACKENDS)}")
+
+
+def split_backends(
+    backends: Sequence[str] | None, allowed: Sequence[str], command: str
+) -> tuple[list[str], dict[str, str]]:
+    """The backends of ``backends`` (default ``allowed``) that can run here, and why the others cannot.
+
+    A name outside ``allowed`` is a UsageError; the skip reasons name ``natkit bench COMMAND``."""
+    wanted = list(dict.fromkeys(backends or allowed))
+    for name in wanted:
+        if name not in allowed:
+            if name not in BACKENDS:
+                raise UsageError(f"unknown lab backend {name!r}; backends: {', '.join(BACKENDS)}")
+            raise UsageError(f"`natkit bench {command}` runs on {', '.join(allowed)}, not {name!r}")
+    runnable: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        try:
+            check_backend(name)
+            runnable.append(name)
+        except Skipped as exc:
+            skipped[name] = exc.reason.replace("natkit bench lab", f"natkit bench {command}")
+    return runnable, skipped
 
 
 def _compose_plugin() -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.backend import Lab
-from toolkit.lab.benchlab import Skipped, check_backend
+from toolkit.lab.benchprep import split_backends
 from toolkit.lab.noderun import first_peer, wait_until, with_latency
 from toolkit.lab.nodes import NodeHandle
 from toolkit.lab.runreport import walk_of
@@ -317,18 +317,7 @@ def run_upgrade_bench(
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     if idle < 0:
         raise UsageError(f"--idle must be 0 or more seconds, got {idle}")
-    wanted = list(dict.fromkeys(backends or BACKENDS))
-    for name in wanted:
-        if name not in BACKENDS:
-            raise UsageError(f"`bench upgrade` runs on {', '.join(BACKENDS)}, not {name!r}")
-    skipped: dict[str, str] = {}
-    runnable = []
-    for name in wanted:
-        try:
-            check_backend(name)
-            runnable.append(name)
-        except Skipped as exc:
-            skipped[name] = exc.reason.replace("natkit bench lab", "natkit bench upgrade")
+    runnable, skipped = split_backends(backends, BACKENDS, "upgrade")
     if explicit and not runnable:
         raise UsageError("; ".join(f"{b}: {r}" for b, r in skipped.items()))
     for name, reason in skipped.items():
