@@ -62,12 +62,6 @@ def parse_records(text: str) -> list[TraceRecord]:
     return out
 
 
-def ping_line(pong: dict[str, Any]) -> str:
-    """``pong from bob (100.64.0.2) via DERP(r1) in 14ms``, as ``tailscale ping`` prints it."""
-    latency_ms = round(float(pong.get("latency_s", 0.0)) * 1000)
-    return f"pong from {pong.get('peer')} ({pong.get('ip')}) via {pong.get('via')} in {latency_ms}ms"
-
-
 class Traffic(abc.ABC):
     """Packets a node keeps sending through its tunnel until :meth:`stop`, which returns what happened."""
 
@@ -194,6 +188,5 @@ __all__ = [
     "Traffic",
     "node_args",
     "parse_records",
-    "ping_line",
     "wait_status",
 ]
