@@ -22,7 +22,7 @@ import abc
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -167,20 +167,6 @@ class ServiceNode(NodeHandle):
         await self.service.stop()
 
 
-async def wait_status(
-    node: NodeHandle, check: Callable[[dict[str, Any]], bool], *, timeout: float, lab: Lab, step: float = 0.1
-) -> dict[str, Any]:
-    """Poll ``node.status()`` on the lab's clock until ``check(status)``; NatkitError with the last one on timeout."""
-    deadline = lab.now() + timeout
-    while True:
-        status = await node.status()
-        if check(status):
-            return status
-        if lab.now() >= deadline:
-            raise NatkitError(f"{node.host}: condition not met within {timeout} s; last status: {status}")
-        await lab.sleep(step)
-
-
 __all__ = [
     "NodeHandle",
     "PingTraffic",
@@ -188,5 +174,4 @@ __all__ = [
     "Traffic",
     "node_args",
     "parse_records",
-    "wait_status",
 ]
