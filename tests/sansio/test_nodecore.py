@@ -262,3 +262,29 @@ def test_no_network_input_raises() -> None:
 
     feed()
     assert sum(a.core.status(lab.now).drops.values()) > 0
+
+
+def test_a_restarted_peer_gets_a_fresh_wireguard_peer_and_a_new_handshake() -> None:
+    import dataclasses
+
+    from toolkit.crypto.keys import disco_key_pair
+    from toolkit.sansio.control_netmap import NetMap
+
+    lab = make_lab()
+    start(lab)
+    lab.run_until(0.5)
+    send(lab, 0)
+    lab.run_until(3.0)
+    a, b = lab.host("a"), lab.host("b")
+    assert a.core.status(lab.now).peers[0].last_handshake is not None  # a session with the old bob
+    # bob restarted: same node key, a new disco key in the netmap (his old sessions died with him)
+    _, new_disco = disco_key_pair(b"bob after a restart")
+    reborn = dataclasses.replace(b.control_node(), disco_key=new_disco)
+    lab.do(lambda: a.core.set_netmap(NetMap(99, a.control_node(), (reborn,), None), lab.now))
+    assert a.core.counters["peer-restarted"] == 1
+    assert a.core.status(lab.now).peers[0].last_handshake is None  # no session to ride on
+    before = sum(1 for r in a.log.records if r.kind == "sent" and r.detail.startswith("WireGuard Initiation"))
+    send(lab, 1)
+    lab.run_until(lab.now + 0.5)
+    after = sum(1 for r in a.log.records if r.kind == "sent" and r.detail.startswith("WireGuard Initiation"))
+    assert after > before  # the next packet starts a handshake at once

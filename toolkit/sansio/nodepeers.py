@@ -12,7 +12,8 @@ Decisions: a peer's allowed IPs are its addresses as host prefixes (/32, /128) w
 writes; a peer with neither endpoints (netmap or cache) nor a home region enters the flowchart without
 info (``QueryControl``) and is given its info by the next netmap that has some; cached endpoints (from
 :meth:`~NodePeers.import_cache`) are tried together with the netmap's; a peer whose disco key changed
-restarted: it gets a fresh flow while WireGuard keeps its sessions.
+restarted: it gets a fresh flow and a fresh WireGuard peer (its sessions died with it; the next packet
+starts a handshake, as Tailscale's engine does when it removes such a peer from wireguard-go).
 """
 
 from __future__ import annotations
@@ -176,9 +177,14 @@ class NodePeers:
 
     def _update_peer(self, p: Peer, node: ControlNode, now: float) -> None:
         old = p.node
-        if node.disco_key != old.disco_key:  # the peer restarted: a fresh flow, WireGuard keeps its sessions
+        if node.disco_key != old.disco_key:
+            # the peer restarted: a fresh flow, and a fresh WireGuard peer (Tailscale's wgengine removes a
+            # peer whose disco key changed): its old sessions died with it, so our next packet must start a
+            # handshake rather than ride a session the peer no longer has until the rekey timers give up
             self._by_disco.pop(old.disco_key, None)
             del self._peers[node.node_key]
+            self._wg.remove_peer(node.node_key)
+            self.counters["peer-restarted"] += 1
             self._add_peer(node, now)
             return
         p.node = node
