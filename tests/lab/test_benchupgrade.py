@@ -13,7 +13,7 @@ import pytest
 from toolkit.cli import main
 from toolkit.errors import UsageError
 from toolkit.lab import benchupgrade
-from toolkit.lab.benchupgrade import cmm_delivery, cpu_ticks, direct_rtt, first_packet, peak_kib
+from toolkit.lab.upgrademeasure import cmm_delivery, cpu_ticks, direct_rtt, first_packet, peak_kib
 from toolkit.sansio.derphome import derp_magic_endpoint
 from toolkit.sansio.trace import TraceRecord
 from toolkit.types import Endpoint, NodePublicKey
