@@ -42,6 +42,7 @@ from toolkit.sansio.nodestatus import (
     peer_status,
 )
 from toolkit.sansio.nodewg import is_placeholder
+from toolkit.sansio.wgevents import SessionKeyRecord
 from toolkit.types import Endpoint, NodePublicKey
 
 
@@ -164,6 +165,11 @@ class NodeCore(NodePeers):
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self._eps.endpoints
+
+    def session_keys(self) -> list[SessionKeyRecord]:
+        """Every live WireGuard session of this node, both directions (for a lab's keyring: the sniffer and
+        the packet inspector decrypt transport data with them; ``natkit wg --keys-out`` exports the same)."""
+        return self._wg.device.session_keys()
 
     def status(self, now: float) -> NodeStatus:
         wg = self._wg.status()
