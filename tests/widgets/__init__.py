@@ -1,0 +1,1 @@
+"""Tests of toolkit.widgets: the flowchart, topology, packet and NAT table views."""
