@@ -1,7 +1,7 @@
 # natkit: two set-up commands on a fresh machine.
 #   make demo   venv + package, then natkit demo: two nodes go direct on the embedded sim backend
 #   make test   venv + package + test extras (+ Debian packages when run as root), then the whole suite
-# Other targets: make lint, make bench, make clean.
+# Other targets: make lab (JupyterLab on notebooks/), make lint, make bench, make clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +13,7 @@ DEB_PACKAGES := graphviz iproute2 nftables iptables tcpdump tshark wireguard-go 
                 coturn stun-client conntrack procps iperf3 iputils-ping \
                 docker.io docker-compose debootstrap
 
-.PHONY: demo test lint bench sysdeps venv clean
+.PHONY: demo test lab lint bench sysdeps venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ demo: $(STAMP)
 
 test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 lint: $(STAMP)
 	$(BIN)/ruff check toolkit tests

@@ -1,0 +1,1 @@
+"""Tests of the teaching notebooks in notebooks/: stored without outputs, executed by nbval."""
