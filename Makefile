@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.natkit-installed
 # Debian packages the suite drives for real (installed only when run as root on Debian/Ubuntu).
 DEB_PACKAGES := graphviz iproute2 nftables iptables tcpdump tshark wireguard-go wireguard-tools \
                 coturn stun-client conntrack procps iperf3 iputils-ping \
-                docker.io docker-compose debootstrap
+                docker.io docker-compose debootstrap chromium chromium-driver
 
 .PHONY: demo test lab lint bench sysdeps venv clean
 
