@@ -27,6 +27,7 @@ _EXPORTS = {
     "render_svg": "toolkit.widgets.render",
     "PacketInspector": "toolkit.widgets.packets",
     "NatTableView": "toolkit.widgets.nattable",
+    "Timeline": "toolkit.widgets.timeline",
 }
 
 

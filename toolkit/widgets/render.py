@@ -73,8 +73,12 @@ class ThrottledRenderer:
         *,
         min_interval: float = 0.1,
         name: str = "natkit render",
+        to_svg: Callable[[str], str] | None = None,
     ) -> None:
+        """``produce()`` returns graphviz dot text, turned into SVG by ``to_svg`` (default :func:`render_svg`,
+        which runs ``dot``); a producer that writes SVG itself passes ``to_svg=str``."""
         self.produce, self.deliver = produce, deliver
+        self.to_svg = to_svg if to_svg is not None else render_svg
         self.min_interval = min_interval
         self.name = name
         self.requests = 0  # request() calls
@@ -138,7 +142,7 @@ class ThrottledRenderer:
     def _render_once(self) -> str:
         started = time.monotonic()
         try:
-            svg = render_svg(self.produce())
+            svg = self.to_svg(self.produce())
             self.last_error = None
         except Exception as exc:  # keep the worker alive: show the failure in place of the picture
             self.last_error = f"{type(exc).__name__}: {exc}"
