@@ -34,7 +34,7 @@ from toolkit.sansio.peergraph import State, Transition
 from toolkit.sansio.trace import TraceRecord
 from toolkit.types import Key32
 from toolkit.widgets.feed import TraceFeed
-from toolkit.widgets.render import ThrottledRenderer
+from toolkit.widgets.render import RenderedView, ThrottledRenderer
 
 if TYPE_CHECKING:
     from toolkit.packets.keyring import Keyring
@@ -113,7 +113,7 @@ def _peer_text(peer: Key32 | str | None) -> str | None:
     return peer.text() if isinstance(peer, Key32) else peer
 
 
-class FlowchartView:
+class FlowchartView(RenderedView):
     """The seed flowchart of ``node``'s machine for ``peer`` (default: the first peer it walks for)."""
 
     def __init__(
@@ -178,13 +178,6 @@ class FlowchartView:
         self.state, self.taken = edge.dst.value, edge
         self.renderer.request()
 
-    def close(self) -> None:
-        """Stop following the feed and stop the render thread."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.renderer.close()
-
     # --- the picture -----------------------------------------------------------------------------
 
     def dot(self) -> str:
@@ -192,19 +185,6 @@ class FlowchartView:
         current = State(self.state) if self.state is not None else None
         text = peergraph.to_dot(current)
         return mark_edge(text, self.taken) if self.taken is not None else text
-
-    @property
-    def svg(self) -> str | None:
-        """The SVG shown now (None before the first render finished)."""
-        return self.renderer.svg
-
-    def render_now(self) -> str:
-        """Render on the calling thread and update the widgets; the SVG."""
-        return self.renderer.render_now()
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the widgets show every record so far; False on timeout."""
-        return self.renderer.flush(timeout)
 
     def _deliver(self, svg: str) -> None:  # on the render thread
         self.chart.value = svg

@@ -180,4 +180,32 @@ class ThrottledRenderer:
                     self._cond.wait_for(lambda: self._closed, pause)
 
 
-__all__ = ["DOT_TIMEOUT", "RenderError", "ThrottledRenderer", "error_svg", "render_svg"]
+class RenderedView:
+    """What every picture widget shares: its :class:`ThrottledRenderer` (``renderer``) and, when it follows
+    a feed, the unsubscribe function (``_unsubscribe``). Subclasses set both in ``__init__``."""
+
+    renderer: ThrottledRenderer
+    _unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def svg(self) -> str | None:
+        """The SVG shown now (None before the first render finished)."""
+        return self.renderer.svg
+
+    def render_now(self) -> str:
+        """Render on the calling thread and update the widget; the SVG."""
+        return self.renderer.render_now()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the widget shows everything so far; False on timeout."""
+        return self.renderer.flush(timeout)
+
+    def close(self) -> None:
+        """Stop following the feed and stop the render thread."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.renderer.close()
+
+
+__all__ = ["RenderedView", "DOT_TIMEOUT", "RenderError", "ThrottledRenderer", "error_svg", "render_svg"]

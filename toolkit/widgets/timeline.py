@@ -54,7 +54,7 @@ from toolkit.sansio import peergraph
 from toolkit.sansio.trace import TraceRecord
 from toolkit.widgets.feed import TraceFeed
 from toolkit.widgets.packets import PacketInspector, Row, lab_keyring
-from toolkit.widgets.render import ThrottledRenderer
+from toolkit.widgets.render import RenderedView, ThrottledRenderer
 from toolkit.widgets.timeline_svg import COLOURS, Arrow, Mark, draw
 
 INTERNET_LANE = "internet"
@@ -79,7 +79,7 @@ def _bare_ack(row: Row) -> bool:
     return tr is not None and tr.proto == pcapio.IPPROTO_TCP and not tr.payload and not tr.tcp_flags & 0x07
 
 
-class Timeline:
+class Timeline(RenderedView):
     """See the module docstring. ``lab`` names the lanes (its topology), opens captures and gives the keys."""
 
     def __init__(
@@ -233,13 +233,6 @@ class Timeline:
         self._tasks, self._captures = [], []
         await asyncio.to_thread(self.renderer.flush)
 
-    def close(self) -> None:
-        """Stop following the feed and stop the render thread."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.renderer.close()
-
     # --- queued packets to arrows (on the render thread, or a caller's) ---------------------------
 
     def _drain(self) -> None:
@@ -324,19 +317,6 @@ class Timeline:
         if isinstance(element, Router):
             return f"{'NAT ' + element.nat.name if element.nat else 'router'} {element.wan_v4}"
         return str(element.v4)
-
-    @property
-    def svg(self) -> str | None:
-        """The SVG shown now (None before the first render finished)."""
-        return self.renderer.svg
-
-    def render_now(self) -> str:
-        """Render on the calling thread and update the widget; the SVG."""
-        return self.renderer.render_now()
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the widget shows everything queued so far; False on timeout."""
-        return self.renderer.flush(timeout)
 
     def _deliver(self, svg: str) -> None:  # on the render thread
         self.chart.value = svg

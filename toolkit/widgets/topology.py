@@ -38,7 +38,7 @@ from toolkit.sansio.peerflow_types import is_private_endpoint
 from toolkit.sansio.trace import TraceRecord
 from toolkit.types import Endpoint, Key32
 from toolkit.widgets.feed import TraceFeed
-from toolkit.widgets.render import ThrottledRenderer
+from toolkit.widgets.render import RenderedView, ThrottledRenderer
 
 PATH_STYLE = {  # colour, dot style: the seed's colours for direct (DirectActive) and DERP (DERPActive)
     "direct": ("#388e3c", "bold"),
@@ -78,7 +78,7 @@ def _peer_text(peer: Key32 | str | None) -> str | None:
     return peer.text() if isinstance(peer, Key32) else peer
 
 
-class TopologyView:
+class TopologyView(RenderedView):
     """The topology of ``topology`` (a :class:`Topology` or a lab) with the nodes' paths, from ``feed``."""
 
     def __init__(
@@ -150,12 +150,6 @@ class TopologyView:
             flow.state = p.get("state") or flow.state
             flow.status = PathInfo(kind, flow.state, p.get("endpoint")) if kind else None
         self.renderer.request()
-
-    def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        self.renderer.close()
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -258,16 +252,6 @@ class TopologyView:
         roles = [s.kind for s in h.services] + (["node"] if h.node else [])
         fill = "#e8f5e9" if h.node else "#ffffff"
         return _attrs(shape="box", style="filled", fillcolor=fill, label="\n".join([h.name, str(h.v4), *roles]))
-
-    @property
-    def svg(self) -> str | None:
-        return self.renderer.svg
-
-    def render_now(self) -> str:
-        return self.renderer.render_now()
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        return self.renderer.flush(timeout)
 
     def _deliver(self, svg: str) -> None:  # on the render thread
         self.chart.value = svg
