@@ -25,12 +25,14 @@ No ipywidgets and no scapy here: a feed is cheap and useful without a notebook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from toolkit.errors import DecodeError
+from toolkit.lab.backend import Capture
 from toolkit.sansio.trace import TraceRecord
 from toolkit.sansio.tracejson import parse_line
 
@@ -170,4 +172,35 @@ class TraceFeed:
         return len(self.records)
 
 
-__all__ = ["RecordSource", "Subscriber", "TraceFeed"]
+class CaptureFollower:
+    """Captures a widget follows live: one asyncio task per capture hands each packet to ``on_packet(point,
+    time, data)`` until :meth:`stop_following`, which closes the captures and ends the tasks."""
+
+    def __init__(self, on_packet: Callable[[str, float, bytes], None], name: str) -> None:
+        self.on_packet, self.name = on_packet, name
+        self.captures: list[Capture] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def follow(self, capture: Capture, point: str | None = None) -> asyncio.Task[None]:
+        """Follow an open ``capture``; ``point`` defaults to ``element/interface``."""
+        point = point or f"{capture.element}/{capture.interface}"
+        self.captures.append(capture)
+        task = asyncio.create_task(self._follow(capture, point), name=f"natkit-{self.name}-{point}")
+        self.tasks.append(task)
+        return task
+
+    async def _follow(self, capture: Capture, point: str) -> None:
+        async for ts, data in capture:
+            self.on_packet(point, ts, data)
+
+    async def stop_following(self) -> None:
+        for capture in self.captures:
+            await capture.aclose()
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks, self.captures = [], []
+
+
+__all__ = ["CaptureFollower", "RecordSource", "Subscriber", "TraceFeed"]

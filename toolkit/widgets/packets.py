@@ -20,7 +20,6 @@ synchronous API; :meth:`PacketInspector.watch` / :meth:`PacketInspector.follow` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import ipaddress
 import time
@@ -40,6 +39,7 @@ from toolkit.packets.bind import dissect_record
 from toolkit.packets.dissect import DERP, Analyzer, Event, natkit_kind
 from toolkit.packets.keyring import Keyring, keys_path_for
 from toolkit.packets.wgopen import WireGuardSession
+from toolkit.widgets.feed import CaptureFollower
 
 PROTOCOLS = ("stun", "disco", "wireguard", "derp", "other")
 PATHS = ("direct", "derp", "other")
@@ -111,8 +111,7 @@ class PacketInspector:
         self._t0: float | None = None
         self._peer_ips: set[str] = set()
         self._pending: list[tuple[str, float, bytes]] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._captures: list[Capture] = []
+        self.following = CaptureFollower(self._queue, "inspect")
         self._selected: int | None = None
         self._last_render = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
@@ -141,26 +140,15 @@ class PacketInspector:
 
     def follow(self, capture: Capture, point: str | None = None) -> asyncio.Task[None]:
         """Show the packets of an open ``capture`` as they come, in batches, until :meth:`stop`."""
-        point = point or f"{capture.element}/{capture.interface}"
-        self._captures.append(capture)
-        task = asyncio.create_task(self._follow(capture, point), name=f"natkit-inspect-{point}")
-        self._tasks.append(task)
-        return task
+        return self.following.follow(capture, point)
 
-    async def _follow(self, capture: Capture, point: str) -> None:
-        async for ts, data in capture:
-            self._pending.append((point, ts, data))
-            self._changed()
+    def _queue(self, point: str, ts: float, data: bytes) -> None:
+        self._pending.append((point, ts, data))
+        self._changed()
 
     async def stop(self) -> None:
         """Stop following the captures (rows stay); the table shows everything received."""
-        for capture in self._captures:
-            await capture.aclose()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks, self._captures = [], []
+        await self.following.stop_following()
         self.flush()
 
     def _ingest(self, batch: list[tuple[str, float, bytes]]) -> None:

@@ -52,7 +52,7 @@ from toolkit.lab.topology import Router, Topology
 from toolkit.packets.keyring import Keyring
 from toolkit.sansio import peergraph
 from toolkit.sansio.trace import TraceRecord
-from toolkit.widgets.feed import TraceFeed
+from toolkit.widgets.feed import CaptureFollower, TraceFeed
 from toolkit.widgets.packets import PacketInspector, Row, lab_keyring
 from toolkit.widgets.render import RenderedView, ThrottledRenderer
 from toolkit.widgets.timeline_svg import COLOURS, Arrow, Mark, draw
@@ -110,8 +110,7 @@ class Timeline(RenderedView):
         self._pending: list[tuple[str, float, bytes]] = []
         self._done_rows = 0
         self._lock = threading.RLock()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._captures: list[Capture] = []
+        self.following = CaptureFollower(lambda point, ts, data: self.add([(ts, data)], point), "timeline")
         self.title = ipywidgets.HTML()
         self.chart = ipywidgets.HTML(layout=ipywidgets.Layout(max_height="640px", overflow="auto"))
         self.widget = ipywidgets.VBox([self.title, self.chart])
@@ -212,25 +211,11 @@ class Timeline(RenderedView):
 
     def follow(self, capture: Capture, point: str | None = None) -> asyncio.Task[None]:
         """Draw the packets of an open ``capture`` as they come, until :meth:`stop`."""
-        point = point or f"{capture.element}/{capture.interface}"
-        self._captures.append(capture)
-        task = asyncio.create_task(self._follow(capture, point), name=f"natkit-timeline-{point}")
-        self._tasks.append(task)
-        return task
-
-    async def _follow(self, capture: Capture, point: str) -> None:
-        async for packet in capture:
-            self.add([packet], point)
+        return self.following.follow(capture, point)
 
     async def stop(self) -> None:
         """Stop following the captures (what was seen stays) and render what is queued, off the loop."""
-        for capture in self._captures:
-            await capture.aclose()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks, self._captures = [], []
+        await self.following.stop_following()
         await asyncio.to_thread(self.renderer.flush)
 
     # --- queued packets to arrows (on the render thread, or a caller's) ---------------------------
