@@ -23,6 +23,7 @@ keeps its RFC 5780 mode.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from toolkit.codec.derpmap import DERPMap, DERPNode, DERPRegion
 from toolkit.errors import UsageError
@@ -107,35 +108,24 @@ def control_url(topo: Topology) -> str | None:
 def derp_map(topo: Topology) -> DERPMap:
     """The lab's DERP map: region 1 with its DERP relays and its STUN servers (STUN-only nodes)."""
     nodes: list[DERPNode] = []
-    for host in hosts_running(topo, "derp-server"):
-        spec = next(s for s in host.services if s.kind == "derp-server")
-        port = listen_port(host, spec)
-        nodes.append(
-            DERPNode(
-                name=f"1{chr(ord('a') + len(nodes))}",
-                region_id=LAB_REGION_ID,
-                host_name=host.name,
-                ipv4=str(host.v4),
-                ipv6=_v6_listening(host, "derp-server", port),
-                stun_port=-1,
-                derp_port=port,
-                scheme="http",
+    for kind in ("derp-server", "stun-server"):  # relays first, then STUN-only nodes (tailcfg STUNOnly)
+        for host in hosts_running(topo, kind):
+            port = listen_port(host, next(s for s in host.services if s.kind == kind))
+            role: dict[str, Any] = (
+                {"stun_port": -1, "derp_port": port, "scheme": "http"}
+                if kind == "derp-server"
+                else {"stun_port": port, "stun_only": True}
             )
-        )
-    for host in hosts_running(topo, "stun-server"):
-        spec = next(s for s in host.services if s.kind == "stun-server")
-        port = listen_port(host, spec)
-        nodes.append(
-            DERPNode(
-                name=f"1{chr(ord('a') + len(nodes))}",
-                region_id=LAB_REGION_ID,
-                host_name=host.name,
-                ipv4=str(host.v4),
-                ipv6=_v6_listening(host, "stun-server", port),
-                stun_port=port,
-                stun_only=True,
+            nodes.append(
+                DERPNode(
+                    name=f"1{chr(ord('a') + len(nodes))}",
+                    region_id=LAB_REGION_ID,
+                    host_name=host.name,
+                    ipv4=str(host.v4),
+                    ipv6=_v6_listening(host, kind, port),
+                    **role,
+                )
             )
-        )
     if not nodes:
         return DERPMap()
     region = DERPRegion(LAB_REGION_ID, "lab", f"natkit lab {topo.name}", tuple(nodes))
