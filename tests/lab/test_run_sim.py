@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.lab.noderun import first_peer, run_scenario, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, run_scenario, settled, start_pair, wait_until, with_latency
 from toolkit.lab.runreport import check_walk
 from toolkit.lab.sim import SimLab
 from toolkit.lab.topology import Topology
@@ -63,10 +63,8 @@ def test_lab_run_bad_input_is_one_line_exit_2() -> None:
 
 
 async def _direct(lab: SimLab) -> tuple[dict[str, object], dict[str, object]]:
-    a = await lab.start_node("alice")
-    b = await lab.start_node("bob")
-    known = await wait_until(lab, a, lambda s: first_peer(s) is not None, 30.0)
-    await a.start_traffic(str(first_peer(known)["tunnel_ips"][0]))  # type: ignore[index]
+    pair = await start_pair(lab)
+    a, b = pair.a, pair.b
     sa = await wait_until(lab, a, settled, 30.0)
     sb = await wait_until(
         lab, b, lambda s: first_peer(s) is not None and first_peer(s)["state"] == "DirectActive", 30.0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.lab.noderun import first_peer, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, settled, start_pair, wait_until, with_latency
 from toolkit.lab.registry import load_topology
 from toolkit.lab.runreport import check_walk, walk_of
 from toolkit.lab.sim import SimLab
@@ -40,12 +40,7 @@ async def _run() -> Run:
     lab = SimLab(with_latency(load_topology("easy-easy")), tracer=feed)
     await lab.up()
     try:
-        alice = await lab.start_node("alice")
-        await lab.start_node("bob")
-        known = await wait_until(lab, alice, lambda s: first_peer(s) is not None, 60.0)
-        peer = first_peer(known)
-        assert peer is not None
-        await alice.start_traffic(str(peer["tunnel_ips"][0]))
+        alice = (await start_pair(lab)).a
         pull_feed = TraceFeed()
         assert await pull_feed.pull(alice) > 0
         status = await wait_until(lab, alice, settled, 300.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.lab.noderun import first_peer, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, settled, start_pair, wait_until, with_latency
 from toolkit.lab.registry import load_topology
 from toolkit.lab.sim import SimLab
 from toolkit.widgets import TopologyView, TraceFeed
@@ -24,12 +24,7 @@ async def _run(scenario: str) -> tuple[TopologyView, dict[str, Any]]:
     view = TopologyView(lab, feed)
     await lab.up()
     try:
-        alice = await lab.start_node("alice")
-        await lab.start_node("bob")
-        known = await wait_until(lab, alice, lambda s: first_peer(s) is not None, 60.0)
-        peer = first_peer(known)
-        assert peer is not None
-        await alice.start_traffic(str(peer["tunnel_ips"][0]))
+        alice = (await start_pair(lab)).a
         await wait_until(lab, alice, settled, 300.0)
         await lab.sleep(2.0)
         status = await alice.status()

@@ -25,7 +25,7 @@ from typing import Any
 
 from toolkit.errors import NatkitError
 from toolkit.lab.backend import Lab
-from toolkit.lab.noderun import first_peer, opened_lab, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, opened_lab, settled, start_pair, with_latency
 from toolkit.lab.nodes import NodeHandle
 from toolkit.lab.registry import load_topology
 from toolkit.lab.runreport import walk_of
@@ -125,15 +125,10 @@ async def run_demo(
     name = f"demo{os.getpid() % 100000}"  # two demos may run at once
     async with opened_lab(topo, backend, name=name, progress=say) as lab:
         say(f"lab up: STUN, DERP and control servers running; starting nodes on {a_host.name} and {b_host.name}")
-        a = await lab.start_node(a_host.name, timing_scale=timing_scale)
-        await lab.start_node(b_host.name, timing_scale=timing_scale)
-        known = await wait_until(lab, a, lambda s: first_peer(s) is not None, 60.0)
-        peer = first_peer(known)
-        if peer is None:
-            raise NatkitError(f"{a_host.name} never learned of {b_host.name} from the control server")
-        say(f"{a_host.name} sends traffic to {b_host.name} ({peer['tunnel_ips'][0]}) through the tunnel")
+        pair = await start_pair(lab, timing_scale=timing_scale)
+        a, traffic = pair.a, pair.traffic
+        say(f"{a_host.name} sends traffic to {b_host.name} ({pair.peer['tunnel_ips'][0]}) through the tunnel")
         say(f"{a_host.name}'s flowchart for {b_host.name} (seconds since her first packet):")
-        traffic = await a.start_traffic(str(peer["tunnel_ips"][0]))
         narrator = Narrator(a, say)
         status = await _follow(lab, narrator, settled, 120.0 * timing_scale + 30)
         summary["settled"] = _state(status)

@@ -35,7 +35,7 @@ from typing import Any
 
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.backend import Lab
-from toolkit.lab.nodes import NodeHandle
+from toolkit.lab.nodes import NodeHandle, Traffic
 from toolkit.lab.registry import load_topology, open_lab
 from toolkit.lab.runreport import RunReport, check_walk, time_to_direct, walk_of
 from toolkit.lab.topology import SegmentKind, Topology
@@ -82,24 +82,43 @@ async def wait_until(
     return status
 
 
+@dataclasses.dataclass
+class Pair:
+    """Two started nodes that know each other, the first sending traffic to the second's tunnel address."""
+
+    a: NodeHandle
+    b: NodeHandle
+    peer: dict[str, Any]  # the first node's status entry for the second, when it learned of it
+    traffic: Traffic
+
+
+async def start_pair(lab: Lab, *, timing_scale: float = 1.0, timeout: float = 60.0) -> Pair:
+    """Steps 2-3 of the module docstring: nodes on the scenario's first two node hosts, known to each other
+    through the control server, the first pinging the second through the tunnel."""
+    topo = lab.topology
+    hosts = topo.nodes()
+    if len(hosts) < 2:
+        raise UsageError(f"scenario {topo.name!r} has {len(hosts)} node host(s); it needs two (node: true)")
+    a_host, b_host = hosts[0].name, hosts[1].name
+    a = await lab.start_node(a_host, timing_scale=timing_scale)
+    b = await lab.start_node(b_host, timing_scale=timing_scale)
+    known = await wait_until(lab, a, lambda s: first_peer(s) is not None, timeout)
+    peer = first_peer(known)
+    if peer is None:
+        raise NatkitError(f"{a_host} never learned of {b_host} from the control server within {timeout} s")
+    return Pair(a, b, peer, await a.start_traffic(str(peer["tunnel_ips"][0])))
+
+
 async def run_nodes(
     lab: Lab, *, timing_scale: float = 1.0, timeout: float | None = None, hold: float = 0.0
 ) -> RunReport:
     """Steps 2-5 of the module docstring on a lab that is up."""
     topo = lab.topology
-    hosts = topo.nodes()
-    if len(hosts) < 2:
-        raise UsageError(f"scenario {topo.name!r} has {len(hosts)} node host(s); `lab run` needs two (node: true)")
-    a_host, b_host = hosts[0].name, hosts[1].name
     started = time.monotonic()
-    a = await lab.start_node(a_host, timing_scale=timing_scale)
-    b = await lab.start_node(b_host, timing_scale=timing_scale)
     limit = timeout if timeout is not None else DEFAULT_TIMEOUT.get(lab.backend, 60.0)
-    known = await wait_until(lab, a, lambda s: first_peer(s) is not None, limit)
-    peer = first_peer(known)
-    if peer is None:
-        raise NatkitError(f"{a_host} never learned of {b_host} from the control server within {limit} s")
-    traffic = await a.start_traffic(str(peer["tunnel_ips"][0]))
+    pair = await start_pair(lab, timing_scale=timing_scale, timeout=limit)
+    a, b, traffic = pair.a, pair.b, pair.traffic
+    a_host, b_host = a.host, b.host
     status = await wait_until(lab, a, settled, limit)
     if hold:
         await lab.sleep(hold)
@@ -186,4 +205,15 @@ def run(scenario: str | Path | Topology, backend: str = "sim", **kw: Any) -> Run
     return asyncio.run(run_scenario(scenario, backend, **kw))
 
 
-__all__ = ["DEFAULT_TIMEOUT", "SETTLED", "opened_lab", "run", "run_nodes", "run_scenario", "settled", "wait_until"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SETTLED",
+    "Pair",
+    "opened_lab",
+    "run",
+    "start_pair",
+    "run_nodes",
+    "run_scenario",
+    "settled",
+    "wait_until",
+]
