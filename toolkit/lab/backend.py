@@ -40,7 +40,9 @@ from toolkit.timing import DEFAULT, Timing
 from toolkit.types import Endpoint
 
 if TYPE_CHECKING:
+    from toolkit.lab.hostio import HostDerpClient, HostSocket
     from toolkit.lab.nodes import NodeHandle
+    from toolkit.types import NodePrivateKey
 
 PREFIX_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 PCAP_SNAPLEN = 262144
@@ -283,6 +285,34 @@ class Lab(abc.ABC):
         runs the flowchart faster (tests), above 1 slower (teaching).
         """
         raise UsageError(f"the {self.backend} backend cannot start nodes yet")
+
+    # --- sockets and DERP clients on hosts (toolkit.lab.hostio) -------------------------------------
+
+    async def udp_socket(self, host: str, bind: Endpoint | str | int | None = None) -> HostSocket:
+        """A UDP socket on ``host``: ``bind`` None (any port), a port, ``"0.0.0.0:40000"`` or an Endpoint.
+
+        ``sock.sendto(data, dst)``, ``await sock.recv(timeout)`` (None after the timeout; lab time on
+        ``sim``), ``await sock.recv_all(wait)``, ``await sock.close()``; ``sock.local`` is the host's
+        address and the bound port (:class:`toolkit.lab.hostio.HostSocket`).
+        """
+        from toolkit.lab import hostio
+
+        return await hostio.udp_socket(self, host, bind)
+
+    async def derp_client(
+        self, host: str, *, key: NodePrivateKey, server: str | Endpoint | None = None
+    ) -> HostDerpClient:
+        """A DERP client on ``host`` with node key ``key``, to ``server`` (a DERP host's name, an endpoint,
+        or None: the lab's first DERP server); it starts connecting now (:class:`toolkit.lab.hostio.HostDerpClient`).
+        """
+        from toolkit.lab import hostio
+
+        return await hostio.derp_client(self, host, key=key, server=server)
+
+    async def spawn(self, host: str, argv: Sequence[str], *, what: str = "process") -> asyncio.subprocess.Process:
+        """Start ``argv`` on ``host`` with pipes for stdin, stdout and stderr (a long-running helper such as
+        :mod:`toolkit.lab.hostagent`); the backend stops what it spawned in :meth:`down`. ``what`` names it."""
+        raise UsageError(f"the {self.backend} backend runs no processes on its hosts")
 
     # --- breaking the direct path (the fallback lessons) -------------------------------------------
 

@@ -2,6 +2,7 @@
 
 * :func:`exec_run`: ``docker exec CONTAINER timeout -s KILL T ARGV`` - the ``timeout`` inside the container
   ends the process there too (killing a ``docker exec`` client leaves its process running).
+* :func:`exec_spawn`: ``docker exec -i`` with pipes, for a helper that reads commands on stdin.
 * :class:`ExecService`: a ``natkit`` server under ``docker exec``; a shell prints ``natkit-pid N`` and
   ``exec``\\ s the server, so :meth:`ExecService.stop` can SIGTERM it inside the container; ready once it
   prints ``natkit NAME: listening on ...`` (toolkit/services/runner.py).
@@ -55,6 +56,19 @@ async def exec_run(
         raise NatkitError(f"{argv[0]} on {container} timed out after {timeout:.0f}s (killed)")
     return RunResult(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"),
                      err.decode(errors="replace"))  # fmt: skip
+
+
+async def exec_spawn(engine: Engine, container: str, argv: Sequence[str]) -> asyncio.subprocess.Process:
+    """``docker exec -i CONTAINER ARGV``, all three streams piped: a long-running helper fed on stdin.
+
+    Killing the ``docker exec`` client does not end the process in the container; closing its stdin does,
+    for a program that exits on EOF (:mod:`toolkit.lab.hostagent`), and removing the container always does.
+    """
+    return await asyncio.create_subprocess_exec(
+        engine.cli, "exec", "-i", container, *argv,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=engine.env(), limit=1 << 22,
+    )  # fmt: skip
 
 
 class ExecService(ServiceHandle):
@@ -216,4 +230,4 @@ def parse_conntrack(text: str, lan_nets: Sequence[IPv4Network]) -> list[NatMappi
     return found
 
 
-__all__ = ["ExecService", "TcpdumpCapture", "exec_run", "parse_conntrack"]
+__all__ = ["ExecService", "TcpdumpCapture", "exec_run", "exec_spawn", "parse_conntrack"]

@@ -16,7 +16,9 @@ Per host: ``run`` is ``docker exec`` (under ``timeout -s KILL`` so a timeout als
 the container); a service is ``natkit KIND ARGS`` under ``docker exec`` whose shell prints its pid first,
 so ``stop()`` can SIGTERM it inside the container; ``nat_table`` reads ``conntrack -L`` in the router
 container; ``open_capture`` runs the host's ``tcpdump`` in the container's network namespace
-(``nsenter``) and strips the Ethernet header (:mod:`toolkit.lab.docker.dockerexec`).
+(``nsenter``) and strips the Ethernet header (:mod:`toolkit.lab.docker.dockerexec`); ``spawn`` is ``docker exec
+-i`` with pipes (the host agent of :mod:`toolkit.lab.hostio`; ``down()`` closes its stdin, and removing the
+container ends it in any case).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMappi
 from toolkit.lab.docker import compose
 from toolkit.lab.docker import engine as engine_mod
 from toolkit.lab.docker import images as image_mod
-from toolkit.lab.docker.dockerexec import ExecService, TcpdumpCapture, exec_run, parse_conntrack
+from toolkit.lab.docker.dockerexec import ExecService, TcpdumpCapture, exec_run, exec_spawn, parse_conntrack
 from toolkit.lab.nodes import ServiceNode, node_args
 from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.timing import DEFAULT, Timing
@@ -143,6 +145,9 @@ class DockerLab(Lab):
         raise NatkitError(f"docker lab {self.name}: container {container} not ready after {READY_TIMEOUT:.0f}s")
 
     async def down(self) -> None:
+        from toolkit.lab import hostio
+
+        await hostio.shutdown(self)  # host agents: stdin closed, they exit (removing the containers would too)
         for svc in self.services:
             with contextlib.suppress(Exception):
                 await svc.stop()
@@ -214,6 +219,10 @@ class DockerLab(Lab):
 
     async def run(self, host: str, argv: Sequence[str], *, timeout: float = 30.0) -> RunResult:
         return await exec_run(self.engine, self.container(host), list(argv), timeout=timeout)
+
+    async def spawn(self, host: str, argv: Sequence[str], *, what: str = "process") -> asyncio.subprocess.Process:
+        """``docker exec -i CONTAINER ARGV`` with stdin/stdout/stderr pipes (:func:`exec_spawn`)."""
+        return await exec_spawn(self.engine, self.container(host), list(argv))
 
     async def start_service(self, host: str, spec: ServiceSpec) -> ServiceHandle:
         h = self._host(host)

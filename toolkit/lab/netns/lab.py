@@ -7,7 +7,9 @@ namespaces it is about to make in the state directory (:mod:`.state`), builds th
 toolkit KIND ARGS`` in its own session with its output in ``logs/HOST-KIND.log``. The services
 outlive the process that started them (``natkit lab up`` returns; ``natkit lab down`` in another
 shell ends them), so they are plain child processes, not asyncio ones (asyncio kills its
-subprocesses when the loop closes).
+subprocesses when the loop closes). :meth:`NetnsLab.spawn` starts a helper with pipes instead (the host
+agent of :mod:`toolkit.lab.hostio`), recorded in the state file the same way; ``run`` and ``spawn`` turn
+``natkit ...`` into this interpreter's ``python -m toolkit ...`` (a namespace's PATH has no natkit).
 
 ``down`` works from any process and after a crash of the one that called ``up``: it terminates
 every recorded process (pid *and* start time must match, so a recycled pid is never hit) and every
@@ -142,6 +144,7 @@ class NetnsLab(Lab):
         self.services: list[NetnsService] = []
         self.captures: list[NetnsCapture] = []
         self.timings: dict[str, float] = {}  # seconds: "network", "services", "down"
+        self._spawned: set[asyncio.Future[None]] = set()  # watchers of spawned processes
 
     # --- names -------------------------------------------------------------------------------------
 
@@ -184,6 +187,12 @@ class NetnsLab(Lab):
 
     async def down(self) -> None:
         started = time.perf_counter()
+        from toolkit.lab import hostio
+
+        await hostio.shutdown(self)  # host agents: closing stdin ends them; _teardown kills what is left
+        for watcher in list(self._spawned):
+            watcher.cancel()
+        await asyncio.gather(*self._spawned, return_exceptions=True)
         for cap in self.captures:
             await cap.aclose()
         self.captures.clear()
@@ -228,6 +237,7 @@ class NetnsLab(Lab):
 
     async def run(self, host: str, argv: Sequence[str], *, timeout: float = 30.0) -> RunResult:
         ns = self._element_ns(host)
+        argv = _natkit_argv(argv)
         proc = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", ns, *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -240,6 +250,31 @@ class NetnsLab(Lab):
             raise NatkitError(f"{' '.join(argv)} on {host} did not finish within {timeout} s") from None
         rc = proc.returncode if proc.returncode is not None else -1
         return RunResult(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def spawn(self, host: str, argv: Sequence[str], *, what: str = "process") -> asyncio.subprocess.Process:
+        """``ip netns exec NS ARGV`` with stdin/stdout/stderr pipes, in its own session, recorded in the
+        state file (``down`` from any process ends it); forgotten again when it exits."""
+        ns = self._element_ns(host)
+        if self.state is None:
+            raise UsageError(f"lab {self.name!r} is not up: call `await lab.up()` first")
+        argv = _natkit_argv(argv)
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, *argv,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, limit=1 << 22,
+        )  # fmt: skip
+        record = ProcessRecord(proc.pid, host, what, list(argv), "", process_start_time(proc.pid))
+        self.state.processes.append(record)
+        self.dir.save(self.state)
+
+        async def forget() -> None:
+            await proc.wait()
+            self._forget(record)
+
+        watcher = asyncio.ensure_future(forget())
+        self._spawned.add(watcher)
+        watcher.add_done_callback(self._spawned.discard)
+        return proc
 
     async def start_service(self, host: str, spec: ServiceSpec) -> NetnsService:
         h = self._host(host)
@@ -366,6 +401,12 @@ class NetnsLab(Lab):
     def _element_ns(self, name: str) -> str:
         self.topology.element(name)
         return plumbing.ns_name(self.name_prefix, name)
+
+
+def _natkit_argv(argv: Sequence[str]) -> list[str]:
+    """``natkit ...`` runs as this interpreter's ``python -m toolkit ...`` (a lab host's PATH has no natkit)."""
+    args = list(argv)
+    return [sys.executable, "-m", "toolkit", *args[1:]] if args[:1] == ["natkit"] else args
 
 
 def _addresses(ns: str) -> tuple[str, ...]:
