@@ -215,6 +215,7 @@ class Lab(abc.ABC):
 
     backend: ClassVar[str] = ""
     persistent: ClassVar[bool] = False  # True: the lab outlives this process (netns, docker)
+    services: Sequence[ServiceHandle]  # the services started on this lab's hosts, in start order (each backend's list)
 
     def __init__(
         self, topology: Topology, *, name_prefix: str | None = None, seed: int = 0, timing: Timing = DEFAULT

@@ -158,7 +158,7 @@ class TcpdumpCapture(Capture):
                 raise NatkitError(f"a docker capture needs {tool} on the host (Debian package {pkg})")
         pid = await asyncio.to_thread(self.engine.docker, "inspect", "--format", "{{.State.Pid}}", self.container)
         self._proc = await asyncio.create_subprocess_exec(
-            "nsenter", "-t", pid.stdout.strip(), "-n", "tcpdump", "-i", self.interface, "-U", "-w", "-",
+            "nsenter", "-t", pid.stdout.strip(), "-n", "tcpdump", "-i", self.interface, "--immediate-mode", "-U", "-w", "-",
             "-s", "262144", "-Z", "root", "ip or ip6",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -254,7 +254,7 @@ class DockerLab(Lab):
 
     async def nat_table(self, router: str) -> list[NatMapping]:
         r = self._nat_router(router)
-        result = await exec_run(self.engine, self.container(router), ["conntrack", "-L", "-p", "udp"], timeout=10)
+        result = await exec_run(self.engine, self.container(router), ["conntrack", "-L"], timeout=10)
         result.check(f"conntrack -L on {router}")
         lan_nets = list(self.topology.segment(r.lan).v4)
         return parse_conntrack(result.stdout, lan_nets)
