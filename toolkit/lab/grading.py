@@ -8,6 +8,12 @@ raises :class:`AssertionError` with a message that says what went wrong *on the 
 try next ("your probe never left alice: did you send it to the STUN server's address
 198.51.100.10:3478?"). nbgrader counts a check cell as passed when it raises nothing.
 
+The checks are backend-neutral: they read only what every backend gives (captures of raw IP packets, NAT
+tables, the topology, node reports), never the simulator's internals, so an exercise grades the same on
+``sim``, ``netns`` and ``docker``. On the kernel backends a capture is fed by a reader (an ``AF_PACKET``
+thread, tcpdump in a container) a moment after the packet crossed, so every check that reads captures
+first lets them settle; reading captures is :mod:`toolkit.lab.gradingcapture` (re-exported here).
+
 The vocabulary of the answers is RFC 4787's (:class:`~toolkit.lab.nat.Mapping`,
 :class:`~toolkit.lab.nat.Filtering`); the discovery the student runs is RFC 5780's (§4.3 mapping
 tests to OTHER-ADDRESS, §4.4 filtering tests with CHANGE-REQUEST, §7.2).
@@ -16,19 +22,17 @@ tests to OTHER-ADDRESS, §4.4 filtering tests with CHANGE-REQUEST, §7.2).
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
 
 from toolkit.codec import stun
-from toolkit.errors import DecodeError, UsageError
-from toolkit.lab.backend import Capture, Lab, Packet
+from toolkit.errors import UsageError
+from toolkit.lab.backend import Capture, Lab
+from toolkit.lab.gradingcapture import Seen, binding_requests, binding_responses, settle, udp_seen
 from toolkit.lab.nat import Filtering, NatBehavior, preset
 from toolkit.lab.nat import Mapping as NatMappingKind
-from toolkit.lab.sim.packet import UDP
-from toolkit.lab.sim.packet import Packet as IpPacket
 from toolkit.lab.topology import Topology
 from toolkit.types import Endpoint
 
@@ -37,56 +41,11 @@ STUN_OTHER = Endpoint.parse("198.51.100.11:3479")  # its OTHER-ADDRESS (RFC 5780
 MYSTERY_PRESETS = ("easy", "easyaf", "hard", "full-cone")  # what exercise 02's mystery NAT may be
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """One UDP datagram a capture point saw."""
-
-    time: float
-    src: Endpoint
-    dst: Endpoint
-    payload: bytes
-
-    def stun(self) -> stun.Message | None:
-        """The STUN message in the payload, or None."""
-        if not stun.is_stun(self.payload):
-            return None
-        try:
-            return stun.decode(self.payload)
-        except DecodeError:
-            return None
-
-
-def udp_seen(packets: Capture | Iterable[Packet]) -> list[Seen]:
-    """The UDP datagrams among ``packets`` (a capture or its packets); anything else is skipped."""
-    found = []
-    for ts, raw in packets.packets if isinstance(packets, Capture) else packets:
-        try:
-            pkt = IpPacket.parse(raw)
-        except DecodeError:
-            continue
-        if pkt.proto == UDP:
-            found.append(Seen(ts, pkt.src, pkt.dst, pkt.payload))
-    return found
-
-
-def binding_requests(packets: Capture | Iterable[Packet], to: Endpoint | None = None) -> list[tuple[Seen, Any]]:
-    """(datagram, message) of every STUN Binding request seen (to ``to`` only, when given)."""
-    found = []
-    for seen in udp_seen(packets):
-        msg = seen.stun()
-        if msg is not None and msg.msg_class is stun.Class.REQUEST and (to is None or seen.dst == to):
-            found.append((seen, msg))
-    return found
-
-
-def binding_responses(packets: Capture | Iterable[Packet]) -> list[tuple[Seen, Any]]:
-    """(datagram, message) of every STUN Binding success response seen."""
-    found = []
-    for seen in udp_seen(packets):
-        msg = seen.stun()
-        if msg is not None and msg.msg_class is stun.Class.SUCCESS:
-            found.append((seen, msg))
-    return found
+def lab_name(exercise: str, backend: str) -> str | None:
+    """A lab name for ``exercise`` ("01") on ``backend``: None (the topology's) on sim; on the kernel backends
+    one unique to this process, so that two notebooks (or a notebook and a test) never share a namespace or
+    container name."""
+    return None if backend == "sim" else f"x{exercise}-{os.getpid() % 100000}"
 
 
 def parse_answer(value: object, name: str, example: str) -> Endpoint:
@@ -117,6 +76,7 @@ async def check_public_endpoint(
     server: Endpoint = STUN_SERVER,
 ) -> str:
     """``answer`` is the public endpoint ``router`` maps ``host``'s probe to, and the probe really went out."""
+    await settle(lab, (host_capture, wan_capture))
     sent = binding_requests(host_capture)
     if not sent:
         raise AssertionError(
@@ -152,20 +112,42 @@ async def check_public_endpoint(
 # --- exercise 02: classify a NAT -----------------------------------------------------------------------
 
 
-def mystery_nat(seed: int) -> NatBehavior:
-    """Exercise 02's NAT: one of :data:`MYSTERY_PRESETS` picked by ``seed``, named ``mystery``."""
-    name = random.Random(seed).choice(MYSTERY_PRESETS)
+def buildable(nat: NatBehavior, backend: str) -> bool:
+    """Whether ``backend`` can build a router with ``nat``: ``sim`` models every NAT; ``netns`` and ``docker``
+    run the kernel's nftables ruleset, which cannot express some (:func:`toolkit.lab.netns.nftables.inexpressible`)."""
+    if backend == "sim":
+        return True
+    from toolkit.lab.netns.nftables import inexpressible
+
+    return inexpressible(nat) is None
+
+
+def mystery_presets(backend: str = "sim", candidates: Iterable[str] = MYSTERY_PRESETS) -> tuple[str, ...]:
+    """The ``candidates`` exercise 02 may draw on ``backend``: those it can build, in order."""
+    names = tuple(candidates)
+    found = tuple(name for name in names if buildable(preset(name), backend))
+    if not found:
+        raise UsageError(f"none of the NAT presets {', '.join(names)} can run on the {backend} backend")
+    return found
+
+
+def mystery_nat(seed: int, backend: str = "sim", candidates: Iterable[str] = MYSTERY_PRESETS) -> NatBehavior:
+    """Exercise 02's NAT: one of the :func:`mystery_presets` of ``backend``, picked by ``seed``, named ``mystery``.
+
+    Every preset of :data:`MYSTERY_PRESETS` runs on every backend, so one seed is one NAT everywhere."""
+    name = random.Random(seed).choice(mystery_presets(backend, candidates))
     return preset(name).replace(name="mystery", description="which NAT is this? (exercise 02)")
 
 
-def mystery_topology(seed: int) -> Topology:
-    """alice behind ``r1`` (the :func:`mystery_nat`), the lab's STUN server with two addresses."""
+def mystery_topology(seed: int, backend: str = "sim") -> Topology:
+    """alice behind ``r1`` (the :func:`mystery_nat` for ``backend``), the lab's STUN server with two addresses."""
+    nat = mystery_nat(seed, backend)
     return Topology.from_dict(
         {
             "name": "ex02-classify-nat",
             "description": "alice behind a NAT of unknown behaviour (exercise 02)",
             "segments": [{"name": "home1", "kind": "lan", "index": 1}],
-            "routers": [{"name": "r1", "wan": "internet", "lan": "home1", "nat": mystery_nat(seed).to_dict()}],
+            "routers": [{"name": "r1", "wan": "internet", "lan": "home1", "nat": nat.to_dict()}],
             "hosts": [
                 {"name": "stun1", "v4": str(STUN_SERVER.ip), "extra_v4": [str(STUN_OTHER.ip)],
                  "services": ["stun-server"]},
@@ -185,10 +167,11 @@ def _behaviour(value: object, kind: type[NatMappingKind] | type[Filtering], what
     return text
 
 
-def check_nat_classification(
+async def check_nat_classification(
     lab: Lab, answer: Mapping[str, object] | None, *, wan_capture: Capture, router: str = "r1"
 ) -> str:
     """The RFC 5780 tests really ran through ``router`` and ``answer`` names its mapping and filtering."""
+    await settle(lab, (wan_capture,))
     requests = binding_requests(wan_capture)
     if not requests:
         raise AssertionError(f"no STUN request crossed {router}: run the RFC 5780 tests from alice first")
@@ -228,8 +211,9 @@ def check_nat_classification(
     return f"✓ {router}: mapping {truth['mapping']}, filtering {truth['filtering']}, and the tests crossed it"
 
 
-def check_hard_side(lab: Lab, answer: object, *, wan_captures: Mapping[str, Capture]) -> str:
+async def check_hard_side(lab: Lab, answer: object, *, wan_captures: Mapping[str, Capture]) -> str:
     """The RFC 5780 tests crossed every NAT router of ``wan_captures`` and ``answer`` names the hard one(s)."""
+    await settle(lab, wan_captures.values())
     for router, capture in wan_captures.items():
         if not any((c := m.get(stun.ChangeRequest)) is not None and c.change_ip for _, m in binding_requests(capture)):
             behind = ", ".join(
@@ -262,12 +246,13 @@ def _public_ip(topo: Topology, host: str) -> IPv4Address:
     return nats[-1].wan_v4 if nats else topo.host(host).v4
 
 
-def check_hole_punched(
+async def check_hole_punched(
     lab: Lab, captures: Mapping[str, Capture], *, a: str = "alice", b: str = "bob", server: Endpoint = STUN_SERVER
 ) -> str:
     """Each host received a datagram the other sent straight through both NATs (not via a relay or the STUN server).
 
     ``captures``: the ``eth0`` capture of ``a`` and of ``b``, and the ``wan`` capture of each one's router."""
+    await settle(lab, captures.values())
     topo = lab.topology
     lines = []
     for me, peer in ((a, b), (b, a)):
@@ -334,11 +319,15 @@ def check_only_changed(
     return student
 
 
-async def check_goes_direct(topology: Topology, backend: str = "sim", *, hint: str = "") -> str:
-    """Two nodes on ``topology`` end on a direct path (:func:`toolkit.lab.noderun.run_scenario`)."""
+async def check_goes_direct(
+    topology: Topology, backend: str = "sim", *, hint: str = "", name: str | None = None
+) -> str:
+    """Two nodes on ``topology`` end on a direct path (:func:`toolkit.lab.noderun.run_scenario`; on the kernel
+    backends under the lab name ``name``, else one unique to this process: :func:`lab_name`)."""
     from toolkit.lab.noderun import run_scenario
 
-    report = await run_scenario(dataclasses.replace(topology, expect=None), backend)
+    name = name if name is not None or backend == "sim" else lab_name("go", backend)
+    report = await run_scenario(dataclasses.replace(topology, expect=None), backend, name=name)
     if report.final_path not in ("direct", "local"):
         walk = " -> ".join(report.states[-4:]) or "no states"
         raise AssertionError(
@@ -356,14 +345,18 @@ __all__ = [
     "Seen",
     "binding_requests",
     "binding_responses",
+    "buildable",
     "check_goes_direct",
     "check_hard_side",
     "check_hole_punched",
     "check_nat_classification",
     "check_only_changed",
     "check_public_endpoint",
+    "lab_name",
     "mystery_nat",
+    "mystery_presets",
     "mystery_topology",
     "parse_answer",
+    "settle",
     "udp_seen",
 ]
