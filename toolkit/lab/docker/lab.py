@@ -10,7 +10,7 @@ cleans up after a crash or from another shell.
 Engine: the one passed in, else one that answers, else natkit starts Debian's ``dockerd``
 (:mod:`toolkit.lab.docker.engine`); an engine this lab started is stopped by ``down()`` once no natkit lab
 containers remain. Images: :func:`toolkit.lab.docker.images.ensure_images`, offline (debootstrap base)
-when ``offline=True`` or ``$NATKIT_DOCKER_OFFLINE=1``, else from ``python:3.11-slim``.
+when ``offline=True``, ``$NATKIT_DOCKER_OFFLINE=1`` or no registry answers, else from ``python:3.11-slim``.
 
 Per host: ``run`` is ``docker exec`` (under ``timeout -s KILL`` so a timeout also ends the process in
 the container); a service is ``natkit KIND ARGS`` under ``docker exec`` whose shell prints its pid first,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shlex
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -71,7 +70,7 @@ class DockerLab(Lab):
         super().__init__(topology, name_prefix=name_prefix, seed=seed, timing=timing)
         self._engine = engine
         self._own_engine = False
-        self.offline = offline if offline is not None else os.environ.get("NATKIT_DOCKER_OFFLINE", "") in {"1", "yes"}
+        self.offline = offline  # None: decided at up() like the bench (NATKIT_DOCKER_OFFLINE, else a registry probe)
         self.project: compose.Project | None = None
         self.images: image_mod.Images | None = images
         self.services: list[ExecService] = []
@@ -111,6 +110,10 @@ class DockerLab(Lab):
     async def up(self) -> None:
         eng = await asyncio.to_thread(lambda: self.engine)
         if self.images is None:
+            if self.offline is None:
+                from toolkit.lab.benchprep import docker_offline
+
+                self.offline = (await asyncio.to_thread(docker_offline, eng))[0]
             self.images = await asyncio.to_thread(image_mod.ensure_images, eng, self.offline)
         self.project = compose.plan(self.topology, self.name, self.images.node, self.images.router)
         path = self.compose_file()
