@@ -106,3 +106,37 @@ def test_docker_lab_up_status_down_from_separate_processes(lab_name: str) -> Non
         assert engine.docker("network", "ls", "-q", "--filter", label).stdout.split() == []
     else:  # `up` started dockerd and `down` stopped it once no lab container was left
         assert "stopped the Docker engine" in down.stdout
+
+
+# a netns lab opened from Python (as a notebook does), its process killed before `await lab.down()`
+ORPHAN = """
+import asyncio, os, sys
+from toolkit.lab.registry import load_topology, open_lab
+async def main():
+    lab = open_lab(load_topology("easy-easy"), "netns", name_prefix=sys.argv[1])
+    await lab.up()
+    print("up", flush=True)
+    os.kill(os.getpid(), 9)
+asyncio.run(main())
+"""
+
+
+def test_netns_lab_left_by_a_killed_python_process_goes_down_by_name(lab_name: str) -> None:
+    require_root()
+    require_tool("ip", "iproute2")
+    require_tool("nft", "nftables")
+    from toolkit.lab.netns import plumbing
+
+    killed = subprocess.run([sys.executable, "-c", ORPHAN, lab_name], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9 and killed.stdout == "up\n", killed.stderr
+    assert lab_name in registry.list_states()
+    status = natkit("lab", "status", lab_name)
+    assert status.returncode == 0 and status.stdout.startswith(f"lab {lab_name} (netns): up\n"), status.stderr
+    down = natkit("lab", "down", lab_name, timeout=120)
+    assert down.returncode == 0 and down.stdout.strip() == f"natkit lab: {lab_name} down", down.stderr
+    assert plumbing.existing_namespaces(lab_name) == []
+    assert lab_name not in registry.list_states() and not registry.state_dir(lab_name).exists()
+    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert f"/run/natkit/labs/{lab_name}/" not in procs  # the services the killed process started are gone too
+    gone = natkit("lab", "down", lab_name)
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and f"no lab named {lab_name!r}" in gone.stderr

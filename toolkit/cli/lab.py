@@ -87,7 +87,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting for the nodes to settle")
     run.set_defaults(func=_run_run)
 
-    down = cmds.add_parser("down", help="take a netns/docker lab down and remove everything it made")
+    down = cmds.add_parser(
+        "down",
+        help="take a netns/docker lab down and remove everything it made (also a netns lab a notebook left behind)",
+    )
     down.add_argument("name", metavar="NAME", help="the lab's name (see `natkit lab status`)")
     down.set_defaults(func=run_down)
 

@@ -142,6 +142,9 @@ def read_state(name: str) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        left = _netns_state(name)  # a netns lab opened from Python (a notebook) whose process died
+        if left is not None:
+            return left
         running = ", ".join(list_states()) or "none"
         raise UsageError(f"no lab named {name!r} is up (labs up: {running})") from None
     except (OSError, ValueError) as exc:
@@ -149,6 +152,20 @@ def read_state(name: str) -> dict[str, Any]:
     if not isinstance(state, dict) or "backend" not in state or "topology" not in state:
         raise UsageError(f"{path}: not a natkit lab state file")
     return state
+
+
+def _netns_state(name: str) -> dict[str, Any] | None:
+    """A lab.json-like state from the netns backend's own ``state.json`` (written by every netns lab, also one
+    opened from Python rather than by ``natkit lab up``), so ``natkit lab down`` can remove what it left."""
+    from toolkit.lab.netns.state import STATE_FILE as NETNS_STATE
+
+    try:
+        obj = json.loads((state_dir(name) / NETNS_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or not obj.get("topology"):
+        return None
+    return {"backend": "netns", "topology": obj["topology"], "seed": 0}
 
 
 def attach(name: str) -> Lab:
@@ -167,7 +184,9 @@ def list_states() -> list[str]:
     root = state_root()
     if not root.is_dir():
         return []
-    return sorted(p.parent.name for p in root.glob(f"*/{STATE_FILE}"))
+    from toolkit.lab.netns.state import STATE_FILE as NETNS_STATE
+
+    return sorted({p.parent.name for pattern in (STATE_FILE, NETNS_STATE) for p in root.glob(f"*/{pattern}")})
 
 
 __all__ = [
