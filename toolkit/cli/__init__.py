@@ -20,7 +20,20 @@ from toolkit import __version__
 from toolkit.errors import NatkitError, UsageError
 
 # Subcommand modules, in the order ``natkit --help`` lists them.
-_MODULES = ("demo", "packets", "bench", "wg", "stunserver", "stun", "derp", "control", "node", "netcheck", "lab")
+_MODULES = (
+    "demo",
+    "packets",
+    "bench",
+    "wg",
+    "stunserver",
+    "stun",
+    "derp",
+    "control",
+    "node",
+    "netcheck",
+    "lab",
+    "exercise",
+)
 
 
 class _Parser(argparse.ArgumentParser):
