@@ -24,6 +24,7 @@ class Node:
     api: Path
     trace: Path
     state_dir: Path
+    keys: Path  # --keys-out
 
 
 ALICE_PUBLIC = "203.0.113.1"  # r1's WAN address: alice's side of the internet
@@ -71,10 +72,11 @@ def start_node(lab: NetnsLab, name: str, tmp: Path, *extra: str) -> Node:
     url = control_url(lab.topology)
     assert url is not None
     api, trace, state = tmp / f"{name}.sock", tmp / f"{name}.trace.jsonl", tmp / f"state-{name}"
+    keys = tmp / f"{name}.keys.jsonl"
     args = ["node", "--name", name, "--control", url, "--authkey", LAB_AUTHKEY, "--api", str(api)]
-    args += ["--trace", str(trace), "--state-dir", str(state), *extra]
+    args += ["--trace", str(trace), "--state-dir", str(state), "--keys-out", str(keys), *extra]
     service = NatkitService(args, lab.netns(name), timeout=40)
-    return Node(name, service, api, trace, state)
+    return Node(name, service, api, trace, state, keys)
 
 
 def node_lab(tmp: Path, scenario: str = "easy-easy", *, blocked: bool = False) -> Iterator[NodeLab]:

@@ -1,11 +1,12 @@
 """Two real ``natkit node`` processes behind nftables NAT (labs/easy-easy.yaml on the netns backend), with
 the lab's real STUN, DERP and control servers: ping goes from DERP to direct, status shows it, the TUN
-carries ICMP, the trace file holds the flowchart walk, bad CLI input is one line and exit 2."""
+carries ICMP, the trace file holds the flowchart walk, --keys-out the keys, bad CLI input is one line and exit 2."""
 
 from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.node.nodelab import NodeLab, node_lab, peer_line, start_node, wait_direct
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
+from toolkit.crypto.keys import public_key
+from toolkit.node.nodekeys import parse_keys
 from toolkit.node.nodetrace import read_trace_file
 from toolkit.sansio.peergraph import NoSuchTransition, State, transition_of
 
@@ -89,6 +92,32 @@ def test_trace_file_parses_back_with_the_flowchart_walk(nl: NodeLab) -> None:
             walk += [edge.src] if not walk else []
             walk.append(edge.dst)
     assert walk[:1] == [State.Start] and State.DirectActive in walk, walk
+
+
+def test_keys_out_holds_the_disco_key_and_each_session(nl: NodeLab) -> None:
+    """--keys-out: owner-only, the node line first (its keys match status), then the sessions of the
+    handshake the ICMP test made, both directions matching the peer's (protocols.md §8.1)."""
+    nl.run_in("alice", "ping", "-c", "1", "-W", "2", "100.64.0.2")  # a handshake (this test may run alone)
+    keys = {}
+    for name in ("alice", "bob"):
+        path = nl.nodes[name].keys
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        first = json.loads(path.read_text().splitlines()[0])
+        assert first["kind"] == "node" and first["name"] == name
+        parsed = parse_keys(path.read_text())
+        assert parsed is not None and public_key(parsed.disco_private) == parsed.disco_public
+        keys[name] = parsed
+    status = json.loads(nl.natkit("status", "--json", "--api", str(nl.nodes["alice"].api)).stdout)
+    assert str(keys["alice"].node_public) == status["self"]["node_key"]
+    assert str(keys["bob"].node_public) == next(p["node_key"] for p in status["peers"])
+    assert wait_until(lambda: (parse_keys(nl.nodes["bob"].keys.read_text()) or keys["bob"]).sessions, 10)
+    alice, bob = keys["alice"], parse_keys(nl.nodes["bob"].keys.read_text())
+    assert alice.sessions and bob is not None and bob.sessions
+    pairs = [(a, b) for a in alice.sessions for b in bob.sessions if a.local_index == b.remote_index]
+    assert pairs, "a session of alice is a session of bob, seen from the other side"
+    for a, b in pairs:
+        assert a.peer == bob.node_public and b.peer == alice.node_public
+        assert a.send_key == b.recv_key and a.recv_key == b.send_key and a.remote_index == b.local_index
 
 
 def _key_of(nl: NodeLab, name: str) -> str:

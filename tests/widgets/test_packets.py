@@ -46,11 +46,10 @@ async def _run() -> Run:
         await lab.sleep(1.0)
         await traffic.stop()
         await inspector.stop()
-        core = lab.nodes["alice"].node.core  # the node's public session-key export (what lab_keyring reads)
-        assert core is not None
+        keys = await alice.keys()  # the node's keys, as on every backend (what lab_keyring reads)
         sessions = [
             s
-            for r in core.session_keys()
+            for r in keys.sessions
             for s in (
                 WireGuardSession(r.local_index, r.recv_key, "in"),
                 WireGuardSession(r.remote_index, r.send_key, "out"),
@@ -202,3 +201,21 @@ def test_updates_are_throttled(run: Run) -> None:
         return burst.renders - before
 
     assert 1 <= asyncio.run(live()) <= 2
+
+
+def test_one_time_base_for_all_points(run: Run) -> None:
+    """A capture point added later, with packets older than the first point's, lines up: times count from
+    the earliest packet of any point (none negative) and the rows are in time order."""
+    late, early = run.captures[0].packets, run.captures[1].packets
+    inspector = PacketInspector(keyring=Keyring())
+    first = inspector.add(late[len(late) // 2 :], "r1/wan")
+    assert first and min(r.time for r in inspector.rows) == 0.0
+    inspector.add(early, "alice/eth0")
+    rows = inspector.rows
+    assert {r.point for r in rows} == {"r1/wan", "alice/eth0"}
+    assert min(r.time for r in rows) == 0.0 and rows[0].record.ts == min(ts for ts, _ in early)
+    assert [r.time for r in rows] == sorted(r.time for r in rows)
+    assert all(r.time == r.record.ts - rows[0].record.ts for r in rows)
+    assert rows[0].point == "alice/eth0" and rows[0].line().split()[1] == "0.000s"
+    assert [r.number for r in inspector.all_rows] == list(range(len(inspector.all_rows)))  # arrival order kept
+    assert inspector.select(0).startswith(f"#{rows[0].number} 0.000000s at alice/eth0")

@@ -20,6 +20,7 @@ from toolkit.lab.sim import SimLab
 from toolkit.packets.keyring import Keyring
 from toolkit.sansio.trace import TraceRecord
 from toolkit.widgets.feed import TraceFeed
+from toolkit.widgets.packets import Row
 from toolkit.widgets.timeline import INTERNET_LANE, Arrow, Mark, Timeline
 
 LANES = ["alice", "r1", INTERNET_LANE, "derp1", "r2", "bob"]
@@ -33,7 +34,7 @@ class Run:
     feed: TraceFeed
     captures: list[Capture]
     state: str | None
-    analysed_on: set[int]  # threads that dissected packets (inspector.add calls)
+    analysed_on: set[int]  # threads that dissected packets (inspector.extend calls)
 
 
 async def _run() -> Run:
@@ -42,13 +43,13 @@ async def _run() -> Run:
     analysed_on: set[int] = set()
     async with lab:
         timeline = Timeline(lab, feed=feed)
-        add = timeline.inspector.add
+        extend = timeline.inspector.extend
 
-        def spy(*args: Any, **kwargs: Any) -> int:  # where the dissection runs (the real add does it)
+        def spy(*args: Any, **kwargs: Any) -> list[Row]:  # where the dissection runs (the real extend does it)
             analysed_on.add(threading.get_ident())
-            return add(*args, **kwargs)
+            return extend(*args, **kwargs)
 
-        timeline.inspector.add = spy  # type: ignore[method-assign]
+        timeline.inspector.extend = spy  # type: ignore[method-assign]
         captures = await timeline.watch()
         alice = await lab.start_node("alice")
         await lab.start_node("bob")

@@ -3,7 +3,9 @@
 ``natkit node --control URL --authkey KEY [--name NAME] ...`` runs the node in this process
 (:mod:`toolkit.node.node`) until SIGTERM or Ctrl-C, with the ``natkit node: listening on ...`` and
 ``natkit node: stopped ...`` lines of every natkit service; each change of a peer's flowchart state
-is logged as ``natkit node: bob: DirectActive (direct)``.
+is logged as ``natkit node: bob: DirectActive (direct)``. ``--keys-out FILE`` appends the node's secrets
+(its disco key, each WireGuard session's keys) as JSON lines, mode 0600, for a lab's packet inspector
+(:mod:`toolkit.node.nodekeys`; like a browser's SSLKEYLOGFILE).
 
 ``natkit status`` and ``natkit ping PEER`` talk to a running node over its local API socket
 (:mod:`toolkit.node.nodeapi`): ``--api PATH``, else ``--name NAME`` (``/run/natkit/node-NAME.sock``),
@@ -51,6 +53,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node.add_argument("--state-dir", type=Path, metavar="DIR", help="keys and endpoint cache (/var/lib/natkit/NAME)")
     node.add_argument("--trace", metavar="FILE|unix:PATH", help="write every trace record as a JSON line there")
     node.add_argument("--api", type=Path, metavar="PATH", help="local API socket (/run/natkit/node-NAME.sock)")
+    node.add_argument(
+        "--keys-out",
+        type=Path,
+        metavar="FILE",
+        help="append the node's secrets there as JSON lines (disco key, each WireGuard session's keys; mode 0600) "
+        "for the lab's packet inspector, like SSLKEYLOGFILE: whoever reads FILE decrypts the node's traffic",
+    )
     node.add_argument(
         "--timing-scale", type=float, default=1.0, metavar="F", help="multiply every timer by F (labs: >1 slows down)"
     )
@@ -101,6 +110,10 @@ def run_node(args: argparse.Namespace) -> int:
         raise UsageError(f"--timing-scale {args.timing_scale}: give a factor > 0 (2 runs every timer half as fast)")
     if not args.no_tun and os.geteuid() != 0:
         raise UsageError("a TUN device needs root: run with sudo, or give --no-tun (userspace only)")
+    if args.keys_out is not None and not args.keys_out.parent.is_dir():
+        raise UsageError(f"--keys-out {args.keys_out}: cannot write there: no directory {args.keys_out.parent}")
+    if args.keys_out is not None and args.keys_out.is_dir():
+        raise UsageError(f"--keys-out {args.keys_out}: cannot write there: it is a directory, give a file")
     if not args.control.startswith("http://"):
         raise UsageError(f"--control {args.control!r}: give http://HOST:PORT (natkit's control server speaks HTTP)")
     import asyncio
@@ -119,6 +132,7 @@ def run_node(args: argparse.Namespace) -> int:
         trace=args.trace,
         timing=DEFAULT.scaled(args.timing_scale) if args.timing_scale != 1.0 else DEFAULT,
         home_region=args.home_region,
+        keys_out=args.keys_out,
     )
     asyncio.run(serve_until_signalled(NodeDriver(options)))
     return 0

@@ -8,12 +8,16 @@ the same on every backend, and it reads only the node's public outputs:
 * :meth:`NodeHandle.records`: every trace record so far (the JSON lines an out-of-process node writes,
   parsed back into :class:`~toolkit.sansio.trace.TraceRecord`; the records themselves in ``sim``);
 * :meth:`NodeHandle.ping`: ``natkit ping`` through the node, the lines ``tailscale ping`` would print;
+* :meth:`NodeHandle.keys`: the node's keys (:class:`~toolkit.node.nodekeys.NodeKeys`: node key, disco key
+  pair, WireGuard sessions) for a lab's packet inspector; out-of-process nodes write them with
+  ``natkit node --keys-out`` (``keys.jsonl`` beside the trace), ``sim`` reads them from the core;
 * :meth:`NodeHandle.stop`.
 
 The kernel backends run ``natkit node`` as a lab service (``netns``: a process in the host's namespace;
 ``docker``: ``docker exec`` in the host's container) with its files in a per-node directory:
 :func:`node_args` builds the command line both use. ``sim`` runs the same sans-IO node core in process
-(:class:`toolkit.lab.sim.simnode.SimNode`).
+(:class:`toolkit.lab.sim.simnode.SimNode`). :func:`started_nodes` lists a lab's started nodes, whatever
+the backend (a :class:`ServiceNode` registers itself in ``lab.nodes``, the dict ``sim`` keeps).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import NatkitError, UsageError
 from toolkit.lab.labservices import LAB_AUTHKEY, control_url
+from toolkit.node.nodekeys import NodeKeys, NodeSession, parse_keys
 from toolkit.sansio.trace import TraceRecord
 from toolkit.sansio.tracejson import parse_line
 
@@ -42,12 +47,19 @@ def node_args(topo: Topology, host: str, files: PurePath, *, timing_scale: float
     if url is None:
         raise UsageError(f"lab {topo.name!r} has no control-server: add one to a host's services to start nodes")
     argv = ["--name", host, "--control", url, "--authkey", LAB_AUTHKEY]
-    argv += ["--state-dir", str(files), "--trace", str(files / "trace.jsonl"), "--api", str(files / "api.sock")]
+    argv += ["--state-dir", str(files), "--trace", str(files / "trace.jsonl"), "--keys-out", str(files / "keys.jsonl")]
+    argv += ["--api", str(files / "api.sock")]
     if timing_scale != 1.0:
         argv += ["--timing-scale", repr(timing_scale)]
     if not tun:
         argv.append("--no-tun")
     return argv
+
+
+def started_nodes(lab: Lab) -> dict[str, NodeHandle]:
+    """The nodes started on ``lab`` so far, by host (stopped ones too: their keys open earlier captures)."""
+    nodes = getattr(lab, "nodes", None)
+    return dict(nodes) if isinstance(nodes, dict) else {}
 
 
 def parse_records(text: str) -> list[TraceRecord]:
@@ -107,6 +119,10 @@ class NodeHandle(abc.ABC):
         """Every trace record the node has written so far."""
 
     @abc.abstractmethod
+    async def keys(self) -> NodeKeys:
+        """The node's keys now: node key, disco key pair, and every WireGuard session made so far."""
+
+    @abc.abstractmethod
     async def ping(self, peer: str, *, count: int = 10, until_direct: bool = True) -> list[str]:
         """``natkit ping PEER``: one line per pong or timeout."""
 
@@ -138,6 +154,12 @@ class ServiceNode(NodeHandle):
         self.lab, self.service, self.files, self.natkit = lab, service, files, list(natkit)
         self.api = files / "api.sock"
         self.trace = files / "trace.jsonl"
+        self.keys_file = files / "keys.jsonl"
+        nodes = getattr(lab, "nodes", None)
+        if not isinstance(nodes, dict):
+            nodes = {}
+            setattr(lab, "nodes", nodes)  # noqa: B010 (the kernel labs keep no node list of their own yet)
+        nodes[host] = self
 
     async def _natkit(self, *args: str, timeout: float = 30.0) -> str:
         result = await self.lab.run(self.host, [*self.natkit, *args, "--api", str(self.api)], timeout=timeout)
@@ -152,6 +174,14 @@ class ServiceNode(NodeHandle):
     async def records(self) -> list[TraceRecord]:
         result = await self.lab.run(self.host, ["cat", str(self.trace)])
         return parse_records(result.stdout) if result.ok else []
+
+    async def keys(self) -> NodeKeys:
+        result = await self.lab.run(self.host, ["cat", str(self.keys_file)])
+        keys = parse_keys(result.stdout) if result.ok else None
+        if keys is None:
+            why = result.stderr.strip() or "no node line yet"
+            raise NatkitError(f"the keys of the node on {self.host} ({self.keys_file}): {why}")
+        return keys
 
     async def ping(self, peer: str, *, count: int = 10, until_direct: bool = True) -> list[str]:
         args = ["ping", peer, "--count", str(count)]
@@ -169,9 +199,12 @@ class ServiceNode(NodeHandle):
 
 __all__ = [
     "NodeHandle",
+    "NodeKeys",
+    "NodeSession",
     "PingTraffic",
     "ServiceNode",
     "Traffic",
     "node_args",
     "parse_records",
+    "started_nodes",
 ]

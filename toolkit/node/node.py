@@ -19,7 +19,9 @@ is the core's. What it wires together:
 * local endpoints: the interface addresses (:mod:`toolkit.node.nodeaddrs`) with the socket's port,
   read at start and every ``LOCAL_ADDRESS_INTERVAL`` seconds;
 * keys and the endpoint cache in ``--state-dir`` (:mod:`toolkit.node.nodestate`);
-* trace records as JSON lines (:mod:`toolkit.node.nodetrace`) and the local API (:mod:`toolkit.node.nodeapi`).
+* trace records as JSON lines (:mod:`toolkit.node.nodetrace`) and the local API (:mod:`toolkit.node.nodeapi`);
+* with ``--keys-out FILE``, the node's keys as JSON lines (:mod:`toolkit.node.nodekeys`): its disco key at
+  start, each WireGuard session once its handshake completes (for the lab's packet inspector).
 
 The home region is ``--home-region``, else the lowest region of the DERP map with a relay
 (:func:`~toolkit.node.nodederp.pick_home_region`); labs have one region.
@@ -42,6 +44,7 @@ from toolkit.errors import NatkitError
 from toolkit.node.nodeaddrs import TAILNET_V4, TAILNET_V6, local_endpoints
 from toolkit.node.nodeapi import ApiRefused, ApiServer
 from toolkit.node.nodederp import DerpRegions, pick_home_region
+from toolkit.node.nodekeys import KeysLog
 from toolkit.node.nodeping import PingSessions
 from toolkit.node.nodestate import load_cache, load_or_create_key, save_cache
 from toolkit.node.nodetrace import TraceSink, open_trace_sink
@@ -75,6 +78,7 @@ class NodeOptions:
     trace: str | None = None
     timing: Timing = field(default=DEFAULT)
     home_region: int | None = None
+    keys_out: Path | None = None
 
 
 class NodeDriver:
@@ -93,6 +97,7 @@ class NodeDriver:
         self.derp: DerpRegions | None = None
         self.api = ApiServer(options.api, self)
         self.sink: TraceSink | None = open_trace_sink(options.trace) if options.trace else None
+        self.keys: KeysLog | None = KeysLog(options.keys_out) if options.keys_out is not None else None
         self.netmap: NetMap | None = None
         self.started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,12 +119,17 @@ class NodeDriver:
         where: list[str] = []
         if self.sink is not None:
             where.append(await self.sink.start())
+        if self.keys is not None:
+            where.append(self.keys.open())
         tracer = self.sink
+        disco_key = generate_disco_key()
         self.core = core = NodeCore(
-            NodeConfig(o.name, node_key, generate_disco_key(), o.timing, epoch=time.time() - time.monotonic()),
+            NodeConfig(o.name, node_key, disco_key, o.timing, epoch=time.time() - time.monotonic()),
             os.urandom,
             tracer,
         )
+        if self.keys is not None:
+            self.keys.node(o.name, core.node_public, disco_key)
         cache = load_cache(o.state_dir)
         if cache is not None:
             core.import_cache(cache)
@@ -176,6 +186,8 @@ class NodeDriver:
             save_cache(self.options.state_dir, self.core.export_cache())
         if self.sink is not None:
             await self.sink.close()
+        if self.keys is not None:
+            self.keys.close()
 
     def summary(self) -> str:
         peers = len(self.netmap.peers) if self.netmap is not None else 0
@@ -316,6 +328,8 @@ class NodeDriver:
         core = self.core
         if core is None:
             return
+        if self.keys is not None:  # a handshake that completed: its keys, once, before any packet of it leaves
+            self.keys.sessions(core.session_keys())
         for data, ep in core.udp_to_send():
             self.udp.send(data, ep)
         if self.derp is not None:

@@ -174,10 +174,19 @@ class TraceFeed:
 
 class CaptureFollower:
     """Captures a widget follows live: one asyncio task per capture hands each packet to ``on_packet(point,
-    time, data)`` until :meth:`stop_following`, which closes the captures and ends the tasks."""
+    time, data)`` until :meth:`stop_following`, which closes the captures and ends the tasks. ``before``, if
+    given, is awaited with the same arguments first (the packet inspector refreshes a lab's keys there); an
+    error it raises is counted in :attr:`errors`, and the packet is still handed on."""
 
-    def __init__(self, on_packet: Callable[[str, float, bytes], None], name: str) -> None:
-        self.on_packet, self.name = on_packet, name
+    def __init__(
+        self,
+        on_packet: Callable[[str, float, bytes], None],
+        name: str,
+        *,
+        before: Callable[[str, float, bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        self.on_packet, self.name, self.before = on_packet, name, before
+        self.errors = 0
         self.captures: list[Capture] = []
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -191,6 +200,11 @@ class CaptureFollower:
 
     async def _follow(self, capture: Capture, point: str) -> None:
         async for ts, data in capture:
+            if self.before is not None:
+                try:
+                    await self.before(point, ts, data)
+                except Exception:  # a widget's key refresh must not stop the capture
+                    self.errors += 1
             self.on_packet(point, ts, data)
 
     async def stop_following(self) -> None:

@@ -6,11 +6,17 @@ opened, WireGuard, DERP frames) and path: ``direct`` (UDP disco or WireGuard bet
 DERP connection: a frame, or a segment to/from a DERP server) or ``other`` (STUN to a server, control, the
 rest). A packet the pipeline shows nothing for (a bare TCP ACK) still gets a row, so table and pcap agree.
 
-Keys (design.md §1): pass a :class:`~toolkit.packets.keyring.Keyring`, or a lab: :func:`lab_keyring` collects
-the disco private keys of the lab's started nodes (on ``sim`` the node core's public ``config.disco_key``) and
-names their keys (``from alice to bob``). WireGuard session keys come from ``NodeCore.session_keys()`` when
-the core offers it (the records ``natkit wg up --keys-out`` exports, :mod:`toolkit.node.wgkeys`); without it
-WireGuard stays sealed unless an explicit ``keyring`` holds the sessions.
+Keys (design.md §1): pass a :class:`~toolkit.packets.keyring.Keyring`, or a lab: ``await lab_keyring(lab)``
+collects :meth:`~toolkit.lab.nodes.NodeHandle.keys` of every started node, on every backend (``sim``: from
+the core; ``netns``/``docker``: the node's ``--keys-out`` file): disco private keys, WireGuard sessions, and
+names for the keys (``from alice to bob``). An inspector that was given a lab and no keyring refreshes the
+lab's keys while it follows captures (before a packet when a node started, a WireGuard transport names an
+index it has no key for, over UDP or DERP, or a handshake response a new session: at once the first time,
+then every ``KEYS_RETRY`` s; else every ``KEYS_INTERVAL`` seconds of capture time) and when it stops;
+``await inspector.refresh_keys()`` does it by hand (before :meth:`PacketInspector.add`, say).
+
+Times (``Row.time``) are seconds since the earliest packet of any capture point, and :attr:`PacketInspector.rows`
+are in time order, so a capture point added later lines up with the others.
 
 Updates are batched and throttled (at most ``rate`` renders per second); the table is an ipywidgets ``Select``
 whose options are the row lines, so a saved notebook shows the last view. ``add``/``rows``/``select`` are the
@@ -20,20 +26,22 @@ synchronous API; :meth:`PacketInspector.watch` / :meth:`PacketInspector.follow` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import ipaddress
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.codec import derp as derp_codec
-from toolkit.codec import pcapio
+from toolkit.codec import derp_base, pcapio
 from toolkit.codec.demux import Kind
-from toolkit.errors import DecodeError, UsageError
+from toolkit.errors import DecodeError, NatkitError, UsageError
 from toolkit.lab.backend import Capture, Lab
-from toolkit.lab.sim.simhandle import SimNodeHandle
+from toolkit.lab.nodes import started_nodes
 from toolkit.lab.topology import Host
 from toolkit.packets.bind import dissect_record
 from toolkit.packets.dissect import DERP, Analyzer, Event, natkit_kind
@@ -43,16 +51,31 @@ from toolkit.widgets.feed import CaptureFollower
 
 PROTOCOLS = ("stun", "disco", "wireguard", "derp", "other")
 PATHS = ("direct", "derp", "other")
+KEYS_INTERVAL = 1.0  # seconds of capture time between two automatic refreshes of a lab's keys
+KEYS_RETRY = 0.05  # ... when a WireGuard transport names a receiver index without a key
 _KIND_PROTOCOL = {Kind.STUN: "stun", Kind.DISCO: "disco", Kind.GENEVE_DISCO: "disco", Kind.WIREGUARD: "wireguard",
                   Kind.GENEVE_WIREGUARD: "wireguard", DERP: "derp"}  # fmt: skip
+
+
+class TimeBase:
+    """The inspector's time zero: the earliest packet of any capture point so far (shared by its rows)."""
+
+    __slots__ = ("t0",)
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def see(self, ts: float) -> None:
+        if self.t0 is None or ts < self.t0:
+            self.t0 = ts
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Row:
     """One row of the table; ``tags`` are the protocols a filter matches (DERP carrying disco: both)."""
 
-    number: int  # position among all rows, from 0
-    time: float  # seconds since the inspector's first packet
+    number: int  # position among all rows in arrival order, from 0 (``all_rows[number]``)
+    base: TimeBase  # the inspector's time zero
     point: str  # capture point, "element/interface"
     src: str
     dst: str
@@ -63,25 +86,46 @@ class Row:
     record: pcapio.Record
     event: Event | None = None
 
+    @property
+    def time(self) -> float:
+        """Seconds since the inspector's earliest packet (of any capture point)."""
+        return self.record.ts - (self.base.t0 if self.base.t0 is not None else self.record.ts)
+
     def line(self) -> str:
         return f"{self.number:5d} {self.time:9.3f}s  {self.point:<12} {self.path:<6}  {self.src} -> {self.dst}  {self.summary}"
 
 
-def lab_keyring(lab: Lab, into: Keyring | None = None) -> Keyring:
-    """The keys of ``lab``'s started nodes (see the module docstring); added to ``into`` if given."""
+async def lab_keyring(lab: Lab, into: Keyring | None = None) -> Keyring:
+    """The keys of ``lab``'s started nodes, any backend (``NodeHandle.keys()``); added to ``into`` if given.
+    A node whose keys cannot be read (still starting, stopped on a kernel backend) is skipped."""
     ring = into if into is not None else Keyring()
-    for host, handle in getattr(lab, "nodes", {}).items():
-        core = handle.node.core if isinstance(handle, SimNodeHandle) else None
-        if core is None:
+    found = []
+    for host, handle in started_nodes(lab).items():
+        try:
+            keys = await handle.keys()
+        except (NatkitError, OSError):
             continue
-        ring.name(ring.add_disco_private(core.config.disco_key), host)
-        ring.name(core.node_public, host)
-        session_keys = getattr(core, "session_keys", None)  # proposed public accessor (see the report)
-        for r in session_keys() if callable(session_keys) else ():
-            label = f"{host} {ring.label(r.peer)}"
-            ring.add_wireguard_session(WireGuardSession(r.local_index, r.recv_key, f"{label} in"))
-            ring.add_wireguard_session(WireGuardSession(r.remote_index, r.send_key, f"{label} out"))
+        ring.name(ring.add_disco_private(keys.disco_private), host)
+        ring.name(keys.node_public, host)
+        found.append((host, keys))
+    for host, keys in found:  # after naming every node: "alice bob in"
+        for session in keys.sessions:
+            label = f"{host} {ring.label(session.peer)}"
+            ring.add_wireguard_session(WireGuardSession(session.local_index, session.recv_key, f"{label} in"))
+            ring.add_wireguard_session(WireGuardSession(session.remote_index, session.send_key, f"{label} out"))
     return ring
+
+
+def merge_keys(into: Keyring, keys: Keyring) -> Keyring:
+    """Add every key and name of ``keys`` to ``into`` (returned)."""
+    for priv in keys.disco_private:
+        into.add_disco_private(priv)
+    for pub in keys.disco_public:
+        into.add_disco_public(pub)
+    into.names.update(keys.names)
+    for session in keys.wireguard:
+        into.add_wireguard_session(session)
+    return into
 
 
 def _ips(text: str) -> str:
@@ -96,7 +140,8 @@ class PacketInspector:
                  max_shown: int = 2000) -> None:  # fmt: skip
         self.lab = lab
         self.keyring = keyring if keyring is not None else Keyring()
-        self._own_keys = keyring is None and lab is not None  # keep collecting the lab's keys as nodes start
+        self.lab_keys = keyring is None and lab is not None  # keep collecting the lab's keys as nodes start
+        self.keys_lock: AbstractContextManager[Any] = contextlib.nullcontext()  # held while keys are added
         self.min_interval = 1.0 / rate
         self.max_shown = max_shown
         self.all_rows: list[Row] = []
@@ -108,10 +153,13 @@ class PacketInspector:
         self._derp_flows: set[frozenset[str]] = set()
         servers = [h for h in (lab.topology.hosts if lab else ()) if any(s.kind == "derp-server" for s in h.services)]
         self._derp_ips = {str(ip) for h in servers for ip in h.addresses}
-        self._t0: float | None = None
+        self.base = TimeBase()
+        self._keys_nodes: dict[str, int] = {}  # host -> id of its handle, at the last key refresh
+        self._keys_at: float | None = None  # capture time of the last automatic key refresh
+        self._keys_tried: set[int] = set()  # WireGuard receiver indices a refresh was made for
         self._peer_ips: set[str] = set()
         self._pending: list[tuple[str, float, bytes]] = []
-        self.following = CaptureFollower(self._queue, "inspect")
+        self.following = CaptureFollower(self._queue, "inspect", before=self.keys_for)
         self._selected: int | None = None
         self._last_render = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
@@ -125,10 +173,56 @@ class PacketInspector:
         if isinstance(packets, Capture):
             point = point or f"{packets.element}/{packets.interface}"
             packets = list(packets.packets)
-        before = len(self.all_rows)
-        self._ingest([(point, float(ts), bytes(data)) for ts, data in packets])
+        return len(self.extend(packets, point))
+
+    def extend(self, packets: Iterable[Any], point: str) -> list[Row]:
+        """Like :meth:`add` (no Capture): the rows added, in the order they were added."""
+        rows = self._ingest([(point, float(ts), bytes(data)) for ts, data in packets])
         self._changed()
-        return len(self.all_rows) - before
+        return rows
+
+    # --- keys ----------------------------------------------------------------------------------------
+
+    async def refresh_keys(self) -> Keyring:
+        """Add the lab's keys now (every started node's :meth:`~toolkit.lab.nodes.NodeHandle.keys`)."""
+        if self.lab is not None:
+            self._keys_nodes = {h: id(n) for h, n in started_nodes(self.lab).items()}
+            fresh = await lab_keyring(self.lab)
+            with self.keys_lock:  # another thread may be opening packets with self.keyring
+                merge_keys(self.keyring, fresh)
+        return self.keyring
+
+    async def keys_for(self, point: str, ts: float, data: bytes) -> None:
+        """Before a followed packet is shown: refresh the lab's keys if they may be stale (module docstring)."""
+        if not self.lab_keys or self.lab is None:
+            return
+        index = self._unknown_index(data)
+        first_try = index is not None and index not in self._keys_tried
+        due = KEYS_RETRY if index is not None else KEYS_INTERVAL
+        nodes = {h: id(n) for h, n in started_nodes(self.lab).items()}
+        if first_try or nodes != self._keys_nodes or self._keys_at is None or abs(ts - self._keys_at) >= due:
+            if index is not None:
+                self._keys_tried.add(index)
+            self._keys_at = ts
+            await self.refresh_keys()
+
+    def _unknown_index(self, data: bytes) -> int | None:
+        """The index of a session this packet shows that has no key yet: a WireGuard transport's receiver
+        index, or a handshake response's sender index (a new session), over UDP or in the DERP frame a TCP
+        segment starts with (protocols.md §8.1, §2.3); None for anything else."""
+        tr = pcapio.transport(pcapio.Record(0.0, pcapio.LINKTYPE_RAW, data))
+        if tr is None:
+            return None
+        p = tr.payload
+        if tr.proto == pcapio.IPPROTO_TCP:  # SendPacket / RecvPacket: header, a node key, the packet
+            start = derp_base.FRAME_HEADER_LEN + derp_base.KEY_LEN
+            if len(p) < start or p[0] not in (derp_base.FrameType.SEND_PACKET, derp_base.FrameType.RECV_PACKET):
+                return None
+            p = p[start:]
+        if len(p) < 32 or p[0] not in (2, 4) or p[1:4] != b"\0\0\0":
+            return None
+        index = int.from_bytes(p[4:8], "little")  # transport: receiver index; response: sender index
+        return None if any(s.receiver_index == index for s in self.keyring.wireguard) else index
 
     async def watch(self, element: str, interface: str) -> Capture:
         """Open a capture on ``element``'s ``interface`` and show its packets as they come (batched)."""
@@ -147,24 +241,24 @@ class PacketInspector:
         self._changed()
 
     async def stop(self) -> None:
-        """Stop following the captures (rows stay); the table shows everything received."""
+        """Stop following the captures (rows stay) and refresh the lab's keys (a selected row opens with
+        them); the table shows everything received."""
         await self.following.stop_following()
+        if self.lab_keys:
+            await self.refresh_keys()
         self.flush()
 
-    def _ingest(self, batch: list[tuple[str, float, bytes]]) -> None:
-        if not batch:
-            return
-        if self._own_keys and self.lab is not None:
-            lab_keyring(self.lab, self.keyring)
+    def _ingest(self, batch: list[tuple[str, float, bytes]]) -> list[Row]:
+        start = len(self.all_rows)
         for point, ts, data in sorted(batch, key=lambda p: p[1]):  # a batch of several points, in time order
-            if self._t0 is None:
-                self._t0 = ts
+            self.base.see(ts)
             self.packets.append((point, ts, data))
             record = pcapio.Record(ts, pcapio.LINKTYPE_RAW, data)
             analyzer = self._analyzers.get(point) or self._analyzers.setdefault(point, Analyzer(self.keyring))
             events: list[Event | None] = list(analyzer.process(record, len(self.packets)))
             for ev in events if events else [None]:
                 self.all_rows.append(self._row(point, record, ev))
+        return self.all_rows[start:]
 
     def _row(self, point: str, record: pcapio.Record, ev: Event | None) -> Row:
         """The row of one event (or of a packet without one); classifies protocol, tags and path."""
@@ -183,8 +277,7 @@ class PacketInspector:
             self._derp_flows.add(frozenset((src, dst)))
             tags.add(_inner_protocol(ev))
         path = "derp" if protocol == "derp" else "direct" if protocol in ("disco", "wireguard") else "other"
-        t = record.ts - (self._t0 or 0.0)
-        return Row(len(self.all_rows), t, point, src, dst, protocol, frozenset(tags), path, summary, record, ev)
+        return Row(len(self.all_rows), self.base, point, src, dst, protocol, frozenset(tags), path, summary, record, ev)
 
     # --- filtering and selection ------------------------------------------------------------------
 
@@ -228,9 +321,9 @@ class PacketInspector:
 
     @property
     def rows(self) -> list[Row]:
-        """The rows the table shows (all rows that pass the filter), in capture order."""
+        """The rows the table shows (all rows that pass the filter), in time order (then arrival order)."""
         self._drain()
-        return [r for r in self.all_rows if self._matches(r)]
+        return sorted((r for r in self.all_rows if self._matches(r)), key=lambda r: (r.record.ts, r.number))
 
     def select(self, i: int) -> str:
         """Select the ``i``-th shown row; its scapy dissection, disco and WireGuard opened with the keys."""
@@ -244,8 +337,6 @@ class PacketInspector:
         """``show()``-like text of ``row``: a header line, then scapy's dissection with the boxes opened."""
         ev = row.event
         if ev is not None and ev.transport == "udp":  # re-open with the keys known now (keys arrive late)
-            if self._own_keys and self.lab is not None:
-                lab_keyring(self.lab, self.keyring)
             ev = next(iter(Analyzer(self.keyring).process(row.record, ev.index)), ev)
         head = f"#{row.number} {row.time:.6f}s at {row.point}, path {row.path}: {ev.summary if ev else row.summary}"
         try:
@@ -382,4 +473,4 @@ def _tcp_flags(flags: int) -> str:
     return ",".join(names) or "none"
 
 
-__all__ = ["PATHS", "PROTOCOLS", "PacketInspector", "Row", "lab_keyring"]
+__all__ = ["KEYS_INTERVAL", "PATHS", "PROTOCOLS", "PacketInspector", "Row", "TimeBase", "lab_keyring", "merge_keys"]

@@ -7,7 +7,8 @@ lanes, one row per event in time order (time on the left), labelled with the sni
 (``STUN Binding Request``, ``disco Ping ...``, ``DERP SendPacket to bob ...: disco CallMeMaybe``) and
 coloured by protocol (:data:`~toolkit.widgets.timeline_svg.COLOURS`). Packets are dissected by a
 :class:`~toolkit.widgets.packets.PacketInspector` (one :class:`~toolkit.packets.dissect.Analyzer` per
-capture point; disco opened with the lab's keys, :func:`~toolkit.widgets.packets.lab_keyring`);
+capture point; disco and WireGuard opened with the lab's keys, :func:`~toolkit.widgets.packets.lab_keyring`,
+on every backend: the inspector refreshes them on the event loop as the captures are followed);
 :attr:`Timeline.inspector` dissects any row on demand (``timeline.inspector.dissection(arrow.row)``).
 
 **Hops** come from the capture point and the topology alone: a packet seen on interface ``I`` of ``E``
@@ -36,7 +37,6 @@ is the SVG, so a saved notebook's widget state shows the last picture. ``window`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import ipaddress
 import threading
@@ -53,7 +53,7 @@ from toolkit.packets.keyring import Keyring
 from toolkit.sansio import peergraph
 from toolkit.sansio.trace import TraceRecord
 from toolkit.widgets.feed import CaptureFollower, TraceFeed
-from toolkit.widgets.packets import PacketInspector, Row, lab_keyring
+from toolkit.widgets.packets import PacketInspector, Row
 from toolkit.widgets.render import RenderedView, ThrottledRenderer
 from toolkit.widgets.timeline_svg import COLOURS, Arrow, Mark, draw
 
@@ -101,16 +101,17 @@ class Timeline(RenderedView):
         self.lanes = self._lanes([e for e, _ in points])
         self.window: Window = window
         self.acks = acks
-        self.inspector = PacketInspector(lab, keyring if keyring is not None else Keyring())  # DERP's addresses
-        self._own_keys = keyring is None  # collected from the lab on the render thread as nodes start
+        self.inspector = PacketInspector(lab, keyring)  # DERP's addresses; without a keyring: the lab's keys
         self.marks: list[Mark] = []
         self.skipped = 0  # rows not drawn: bare ACKs (acks=False) and packets without an IP header
         self._arrows: list[Arrow] = []
         self._recent: dict[tuple[str, str, bytes, str], int] = {}  # merge key -> index in _arrows
         self._pending: list[tuple[str, float, bytes]] = []
-        self._done_rows = 0
         self._lock = threading.RLock()
-        self.following = CaptureFollower(lambda point, ts, data: self.add([(ts, data)], point), "timeline")
+        self.inspector.keys_lock = self._lock  # the render thread dissects with the keyring under this lock
+        self.following = CaptureFollower(
+            lambda point, ts, data: self.add([(ts, data)], point), "timeline", before=self.inspector.keys_for
+        )  # keys refreshed on the loop, before the render thread dissects
         self.title = ipywidgets.HTML()
         self.chart = ipywidgets.HTML(layout=ipywidgets.Layout(max_height="640px", overflow="auto"))
         self.widget = ipywidgets.VBox([self.title, self.chart])
@@ -216,6 +217,8 @@ class Timeline(RenderedView):
     async def stop(self) -> None:
         """Stop following the captures (what was seen stays) and render what is queued, off the loop."""
         await self.following.stop_following()
+        if self.inspector.lab_keys:
+            await self.inspector.refresh_keys()
         await asyncio.to_thread(self.renderer.flush)
 
     # --- queued packets to arrows (on the render thread, or a caller's) ---------------------------
@@ -223,18 +226,12 @@ class Timeline(RenderedView):
     def _drain(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
-            if batch and self._own_keys:
-                with contextlib.suppress(RuntimeError):  # the loop started a node meanwhile: next batch
-                    lab_keyring(self.lab, self.inspector.keyring)
             by_point: dict[str, list[tuple[float, bytes]]] = {}
             for point, ts, data in batch:
                 by_point.setdefault(point, []).append((ts, data))
             for point, packets in by_point.items():
-                self.inspector.add(packets, point)
-            rows = self.inspector.all_rows[self._done_rows :]
-            self._done_rows += len(rows)
-            for row in rows:
-                self._arrow(row)
+                for row in self.inspector.extend(packets, point):
+                    self._arrow(row)
 
     def _arrow(self, row: Row) -> None:
         pair = _ip_pair(row.record.data)

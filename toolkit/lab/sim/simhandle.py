@@ -15,7 +15,8 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from toolkit.lab.nodes import NodeHandle, Traffic
+from toolkit.errors import NatkitError
+from toolkit.lab.nodes import NodeHandle, NodeKeys, NodeSession, Traffic
 from toolkit.lab.sim.clock import Timer
 from toolkit.lab.sim.sockets import UdpSocket
 from toolkit.sansio.nodestatus import PingResult
@@ -92,6 +93,13 @@ class SimNodeHandle(NodeHandle):
 
     async def records(self) -> list[TraceRecord]:
         return list(self.trace)
+
+    async def keys(self) -> NodeKeys:
+        core = self.node.core
+        if core is None:
+            raise NatkitError(f"the node on {self.host} has no keys yet: it is not started")
+        sessions = tuple(NodeSession.of(r) for r in core.session_keys())
+        return NodeKeys(core.node_public, core.config.disco_key, core.disco_public, sessions)
 
     async def ping(self, peer: str, *, count: int = 10, until_direct: bool = True) -> list[str]:
         lines = []
