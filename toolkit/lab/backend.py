@@ -224,6 +224,7 @@ class Lab(abc.ABC):
         if not PREFIX_RE.match(prefix):
             raise UsageError(f"lab name {prefix!r}: use 1-20 lowercase letters, digits or '-', starting with a letter")
         self.topology = topology
+        self.nodes: dict[str, NodeHandle] = {}  # started by start_node, by host (stopped ones stay: their keys)
         self.name_prefix = prefix
         self.seed = seed
         self.timing = timing

@@ -17,7 +17,7 @@ The kernel backends run ``natkit node`` as a lab service (``netns``: a process i
 ``docker``: ``docker exec`` in the host's container) with its files in a per-node directory:
 :func:`node_args` builds the command line both use. ``sim`` runs the same sans-IO node core in process
 (:class:`toolkit.lab.sim.simnode.SimNode`). :func:`started_nodes` lists a lab's started nodes, whatever
-the backend (a :class:`ServiceNode` registers itself in ``lab.nodes``, the dict ``sim`` keeps).
+the backend (``lab.nodes``, filled by every backend's ``start_node``).
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ def node_args(topo: Topology, host: str, files: PurePath, *, timing_scale: float
 
 def started_nodes(lab: Lab) -> dict[str, NodeHandle]:
     """The nodes started on ``lab`` so far, by host (stopped ones too: their keys open earlier captures)."""
-    nodes = getattr(lab, "nodes", None)
-    return dict(nodes) if isinstance(nodes, dict) else {}
+    return dict(lab.nodes)
 
 
 def parse_records(text: str) -> list[TraceRecord]:
@@ -155,11 +154,6 @@ class ServiceNode(NodeHandle):
         self.api = files / "api.sock"
         self.trace = files / "trace.jsonl"
         self.keys_file = files / "keys.jsonl"
-        nodes = getattr(lab, "nodes", None)
-        if not isinstance(nodes, dict):
-            nodes = {}
-            setattr(lab, "nodes", nodes)  # noqa: B010 (the kernel labs keep no node list of their own yet)
-        nodes[host] = self
 
     async def _natkit(self, *args: str, timeout: float = 30.0) -> str:
         result = await self.lab.run(self.host, [*self.natkit, *args, "--api", str(self.api)], timeout=timeout)

@@ -246,7 +246,8 @@ class DockerLab(Lab):
         (await self.run(host, ["sh", "-c", f"rm -rf {files} && mkdir -p {files}"])).check(f"mkdir on {host}")
         args = node_args(self.topology, host, files, timing_scale=timing_scale)
         service = await self.start_service(host, ServiceSpec("node", tuple(args)))
-        return ServiceNode(self, host, service, files, ["natkit"])
+        node = self.nodes[host] = ServiceNode(self, host, service, files, ["natkit"])
+        return node
 
     async def open_capture(self, element: str, interface: str) -> Capture:
         self.topology.interface(element, interface)  # UsageError for an unknown element or interface

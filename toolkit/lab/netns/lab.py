@@ -310,11 +310,12 @@ class NetnsLab(Lab):
         """``natkit node`` in ``host``'s namespace, its files in the lab directory (``nodes/HOST/``)."""
         files = self.dir.path / "nodes" / self._host(host).name
         files.mkdir(parents=True, exist_ok=True)
-        for stale in ("trace.jsonl", "api.sock"):
+        for stale in ("trace.jsonl", "api.sock", "keys.jsonl"):
             (files / stale).unlink(missing_ok=True)
         args = node_args(self.topology, host, files, timing_scale=timing_scale)
         service = await self.start_service(host, ServiceSpec("node", tuple(args)))
-        return ServiceNode(self, host, service, files, [sys.executable, "-m", "toolkit"])
+        node = self.nodes[host] = ServiceNode(self, host, service, files, [sys.executable, "-m", "toolkit"])
+        return node
 
     def _control_files(self, host: Host, argv: list[str]) -> list[str]:
         extra = []

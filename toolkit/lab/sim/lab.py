@@ -100,7 +100,6 @@ class SimLab(Lab):
         self._captures: list[tuple[Capture, Any]] = []
         self._logs: dict[str, list[str]] = {}
         self._log_event: asyncio.Event | None = None
-        self.nodes: dict[str, SimNodeHandle] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
