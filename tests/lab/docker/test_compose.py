@@ -9,10 +9,8 @@ import yaml
 
 from tests.support import ROOT
 from toolkit.errors import UsageError
-from toolkit.lab.addressing import IPv4Network
 from toolkit.lab.docker import compose
-from toolkit.lab.docker.dockerexec import parse_conntrack
-from toolkit.lab.netns import nftables
+from toolkit.lab.netns import conntrack, nftables
 from toolkit.lab.scenario import TopologyBuilder
 from toolkit.lab.topology import Topology
 
@@ -73,18 +71,27 @@ def test_a_preset_nftables_cannot_express_is_refused_by_name() -> None:
         compose.plan(t.build(), "sym-pres", "n", "r")
 
 
-def test_parse_conntrack_reads_lan_flows_as_mappings() -> None:
+def test_conntrack_tool_output_reads_as_the_netns_mappings() -> None:
+    """docker reads ``conntrack -L`` in the router container with the netns parser: same NAT, same table."""
     text = (
         "udp      17 28 src=192.168.1.10 dst=198.51.100.10 sport=40000 dport=3478 "
         "src=198.51.100.10 dst=203.0.113.1 sport=3478 dport=1234 mark=0 use=1\n"
+        "udp      17 25 src=192.168.1.10 dst=198.51.100.11 sport=40000 dport=3478 "
+        "src=198.51.100.11 dst=203.0.113.1 sport=3478 dport=1234 mark=0 use=1\n"
         "udp      17 29 src=198.51.100.10 dst=203.0.113.1 sport=3478 dport=9 [UNREPLIED] "
         "src=203.0.113.1 dst=198.51.100.10 sport=9 dport=3478 mark=0 use=1\n"
-        "conntrack v1.4.7 (conntrack-tools): 2 flow entries have been shown.\n"
+        "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.\n"
     )
-    (m,) = parse_conntrack(text, [IPv4Network("192.168.1.0/24")])
-    assert (str(m.private), str(m.public), str(m.remote), m.expires_in) == (
-        "192.168.1.10:40000", "203.0.113.1:1234", "198.51.100.10:3478", 28.0,
-    )  # fmt: skip
+    entries = conntrack.parse(text)
+    (m,) = conntrack.mappings(entries, per_destination=False)  # endpoint-independent: one mapping
+    assert (str(m.private), str(m.public), m.remote, m.expires_in) == (
+        "192.168.1.10:40000",
+        "203.0.113.1:1234",
+        None,
+        28.0,
+    )
+    per_dest = conntrack.mappings(entries, per_destination=True)
+    assert [str(x.remote) for x in per_dest] == ["198.51.100.10:3478", "198.51.100.11:3478"]
 
 
 def test_golden_file_is_valid_compose_for_docker_compose() -> None:

@@ -9,8 +9,6 @@
 * :class:`TcpdumpCapture`: the host's ``tcpdump`` in the container's network namespace (``nsenter -n``),
   writing a pcap stream; Ethernet headers are stripped so a :class:`~toolkit.lab.backend.Capture` holds raw
   IP packets (LINKTYPE_RAW) as on every backend.
-* :func:`parse_conntrack`: ``conntrack -L`` lines of flows from the LAN as
-  :class:`~toolkit.lab.backend.NatMapping` (private = original source, public = reply destination).
 """
 
 from __future__ import annotations
@@ -21,14 +19,11 @@ import math
 import shutil
 import struct
 from collections.abc import Sequence
-from ipaddress import ip_address
 
 from toolkit.errors import NatkitError
-from toolkit.lab.addressing import IPv4Address, IPv4Network
-from toolkit.lab.backend import Capture, NatMapping, RunResult, ServiceHandle
+from toolkit.lab.backend import Capture, RunResult, ServiceHandle
 from toolkit.lab.docker.engine import Engine
 from toolkit.lab.topology import ServiceSpec
-from toolkit.types import Endpoint
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -199,35 +194,4 @@ class TcpdumpCapture(Capture):
         await super().aclose()
 
 
-def parse_conntrack(text: str, lan_nets: Sequence[IPv4Network]) -> list[NatMapping]:
-    """Mappings from ``conntrack -L`` output: flows whose original source is on the router's LAN."""
-    found: list[NatMapping] = []
-    for line in text.splitlines():
-        tokens = line.split()
-        if len(tokens) < 4 or tokens[0] not in ("udp", "tcp"):
-            continue
-        fields: dict[str, list[str]] = {}
-        for token in tokens[3:]:
-            key, sep, value = token.partition("=")
-            if sep:
-                fields.setdefault(key, []).append(value)
-        try:
-            src, dst, sport, dport = (fields[k] for k in ("src", "dst", "sport", "dport"))
-            private_ip = IPv4Address(src[0])
-            if not any(private_ip in net for net in lan_nets) or len(src) < 2:
-                continue
-            found.append(
-                NatMapping(
-                    proto=tokens[0],
-                    private=Endpoint(ip_address(src[0]), int(sport[0])),
-                    public=Endpoint(ip_address(dst[1]), int(dport[1])),
-                    remote=Endpoint(ip_address(dst[0]), int(dport[0])),
-                    expires_in=float(tokens[2]) if tokens[2].isdigit() else None,
-                )
-            )
-        except (KeyError, ValueError, IndexError):
-            continue  # not an IPv4 flow we understand (e.g. IPv6): skipped
-    return found
-
-
-__all__ = ["ExecService", "TcpdumpCapture", "exec_run", "exec_spawn", "parse_conntrack"]
+__all__ = ["ExecService", "TcpdumpCapture", "exec_run", "exec_spawn"]

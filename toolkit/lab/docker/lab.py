@@ -36,7 +36,8 @@ from toolkit.lab.backend import Capture, ElementStatus, Lab, LabStatus, NatMappi
 from toolkit.lab.docker import compose
 from toolkit.lab.docker import engine as engine_mod
 from toolkit.lab.docker import images as image_mod
-from toolkit.lab.docker.dockerexec import ExecService, TcpdumpCapture, exec_run, exec_spawn, parse_conntrack
+from toolkit.lab.docker.dockerexec import ExecService, TcpdumpCapture, exec_run, exec_spawn
+from toolkit.lab.nat import Mapping
 from toolkit.lab.nodes import ServiceNode, node_args
 from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.timing import DEFAULT, Timing
@@ -257,11 +258,16 @@ class DockerLab(Lab):
         return cap
 
     async def nat_table(self, router: str) -> list[NatMapping]:
+        """The router's conntrack table read as on netns (:mod:`toolkit.lab.netns.conntrack`): the same NAT
+        gives the same table on both kernel backends."""
+        from toolkit.lab.netns import conntrack
+
         r = self._nat_router(router)
+        assert r.nat is not None
         result = await exec_run(self.engine, self.container(router), ["conntrack", "-L"], timeout=10)
         result.check(f"conntrack -L on {router}")
-        lan_nets = list(self.topology.segment(r.lan).v4)
-        return parse_conntrack(result.stdout, lan_nets)
+        per_destination = r.nat.mapping is not Mapping.ENDPOINT_INDEPENDENT
+        return conntrack.mappings(conntrack.parse(result.stdout), per_destination=per_destination)
 
     async def logs(self, host: str) -> AsyncIterator[str]:
         self._host(host)
