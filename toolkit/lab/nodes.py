@@ -103,6 +103,10 @@ class PingTraffic(Traffic):
         return {"kind": "icmp echo", "to": self.dst_ip, "sent": self.sent, "answered": self.answered}
 
 
+# `natkit ping` exits 1 with these (like `tailscale ping`); a handle's ping() returns the lines instead
+PING_VERDICTS = ("no reply", "direct connection not established")
+
+
 class NodeHandle(abc.ABC):
     """A node started by :meth:`Lab.start_node` (see the module docstring)."""
 
@@ -181,8 +185,12 @@ class ServiceNode(NodeHandle):
         args = ["ping", peer, "--count", str(count)]
         if not until_direct:
             args.append("--no-until-direct")
-        out = await self._natkit(*args, timeout=count * 6.0 + 10.0)
-        return [line for line in out.splitlines() if line.strip()]
+        argv = [*self.natkit, *args, "--api", str(self.api)]
+        result = await self.lab.run(self.host, argv, timeout=count * 6.0 + 10.0)
+        verdict = result.exit == 1 and any(v in result.stderr for v in PING_VERDICTS)
+        if not result.ok and not verdict:  # the API unreachable, bad arguments: an error, not a ping outcome
+            raise NatkitError(f"natkit ping on {self.host}: {result.stderr.strip() or result.stdout.strip()}")
+        return [line for line in result.stdout.splitlines() if line.strip()]  # as sim: the lines, whatever the path
 
     async def start_traffic(self, dst_ip: str) -> Traffic:
         return PingTraffic(self.lab, self.host, dst_ip)

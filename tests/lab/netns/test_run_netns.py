@@ -24,8 +24,9 @@ import pytest
 
 from tests.lab.netns.netnslab import require_netns, unique_prefix
 from tests.lab.punchgrid import LABS, expressible
+from toolkit.errors import NatkitError
 from toolkit.lab.netns import NetnsLab
-from toolkit.lab.noderun import first_peer, run_scenario, settled, wait_until
+from toolkit.lab.noderun import first_peer, run_scenario, settled, start_pair, wait_until
 from toolkit.lab.nodes import NodeHandle, PingTraffic
 from toolkit.lab.registry import load_topology
 from toolkit.lab.runreport import check_walk, walk_of
@@ -153,3 +154,27 @@ def test_fallback_to_derp_and_back_on_real_timers() -> None:
     started = time.monotonic()
     asyncio.run(go())
     print(f"fallback test: {marks} in {time.monotonic() - started:.1f} s")
+
+
+def test_ping_until_direct_on_a_relayed_pair_returns_the_derp_lines_as_on_sim() -> None:
+    """`natkit ping` exits 1 ("direct connection not established") when the pair stays on DERP, like
+    `tailscale ping`; the handle returns its lines, as the sim's does, and still raises for a real error."""
+    require_netns()
+
+    async def scenario() -> tuple[list[str], str]:
+        async with NetnsLab(load_topology("udp-blocked"), name_prefix=unique_prefix()) as lab:
+            pair = await start_pair(lab, timing_scale=DERP_SCALE)
+            await wait_until(lab, pair.a, lambda s: _state(s) == "StayOnDERP", 40.0)
+            lines = await pair.a.ping("bob", count=2)
+            try:
+                await pair.a.ping("nobody", count=1)
+            except NatkitError as exc:
+                error = str(exc)
+            else:
+                error = ""
+            await pair.traffic.stop()
+            return lines, error
+
+    lines, error = asyncio.run(scenario())
+    assert len(lines) == 2 and all("via DERP(r1)" in line for line in lines), lines
+    assert error.startswith("natkit ping on alice: ") and "nobody" in error, error
