@@ -31,7 +31,7 @@ def test_inexpressible_preset_names_preset_and_feature(name: str) -> None:
     with pytest.raises(UsageError) as info:
         nftables.check_expressible(preset(name))
     text = str(info.value)
-    assert f"NAT preset {name!r} cannot run on the netns backend" in text
+    assert f"NAT preset {name!r} cannot run on the netns or docker backend" in text
     assert INEXPRESSIBLE[name] in text and "sim backend" in text
 
 

@@ -81,7 +81,7 @@ def check_expressible(nat: NatBehavior) -> None:
     why = inexpressible(nat)
     if why is not None:
         raise UsageError(
-            f"NAT preset {nat.name!r} cannot run on the netns backend: nftables has no {why}; use the sim backend"
+            f"NAT preset {nat.name!r} cannot run on the netns or docker backend: nftables has no {why}; use the sim backend"
         )
 
 
