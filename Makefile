@@ -1,7 +1,8 @@
 # natkit: two set-up commands on a fresh machine.
 #   make demo   venv + package, then natkit demo: two nodes go direct on the embedded sim backend
 #   make test   venv + package + test extras (+ Debian packages when run as root), then the whole suite
-# Other targets: make lab (JupyterLab on notebooks/), make lint, make bench, make clean.
+# Other targets: make lab (JupyterLab on notebooks/), make notebooks BACKEND=sim|netns|docker (every notebook and
+# exercise on one backend, as the suite runs them), make lint, make bench, make clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ DEB_PACKAGES := graphviz iproute2 nftables iptables tcpdump tshark wireguard-go 
                 coturn stun-client conntrack procps iperf3 iputils-ping \
                 docker.io docker-compose debootstrap chromium chromium-driver
 
-.PHONY: demo test lab lint bench sysdeps venv clean
+.PHONY: demo test lab notebooks lint bench sysdeps venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +43,12 @@ test: sysdeps $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+BACKEND ?= sim
+notebooks: sysdeps $(STAMP)
+	@case "$(BACKEND)" in sim|netns|docker) ;; *) echo "make notebooks: BACKEND=$(BACKEND): use sim, netns or docker" >&2; exit 2;; esac
+	NATKIT_TEST_ALL_BACKENDS=1 $(BIN)/python -m pytest -p no:cacheprovider --durations=0 \
+	  tests/notebooks/test_notebooks.py tests/labs/test_exercises.py -k "$(BACKEND)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check toolkit tests
