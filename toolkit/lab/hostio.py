@@ -170,25 +170,7 @@ class HostDerpClient(abc.ABC):
 
 async def sim_wait(lab: SimLab, done: Callable[[], bool], timeout: float) -> bool:
     """Run ``lab``'s virtual clock up to ``timeout`` s until ``done()`` (paced to the wall clock if realtime)."""
-    sched = lab._world().sched
-    end = sched.now + timeout
-    if not lab.realtime:
-        ok = sched.run_while(lambda: not done(), timeout)
-        if not ok:
-            sched.run_until(end)
-        await asyncio.sleep(0)
-        return ok or done()
-    loop = asyncio.get_running_loop()
-    wall0, virtual0 = loop.time(), sched.now
-    while not done() and sched.now < end and lab.world is not None:
-        nxt = sched.next_time()
-        target = end if nxt is None else min(nxt, end)
-        delay = (target - virtual0) - (loop.time() - wall0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sched.run_until(target)
-    await asyncio.sleep(0)
-    return done()
+    return await lab.run_for(timeout, done)
 
 
 class SimHostSocket(HostSocket):

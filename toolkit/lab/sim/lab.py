@@ -32,7 +32,7 @@ import asyncio
 import ipaddress
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from toolkit.errors import NatkitError, UsageError
@@ -333,15 +333,21 @@ class SimLab(Lab):
             await self._log_event.wait()
 
     async def sleep(self, seconds: float) -> None:
+        await self.run_for(seconds)
+
+    async def run_for(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+        """Run the virtual clock ``seconds`` on, or only until ``until()`` holds; paced to the wall clock when
+        ``realtime``. Whether ``until()`` held at the end (True without ``until``)."""
         sched = self._world().sched
         end = sched.now + seconds
         if not self.realtime:
-            sched.run_until(end)
+            if until is None or not sched.run_while(lambda: not until(), seconds):
+                sched.run_until(end)
             await asyncio.sleep(0)
-            return
+            return until is None or until()
         loop = asyncio.get_running_loop()
         wall0, virtual0 = loop.time(), sched.now
-        while sched.now < end and self.world is not None:
+        while sched.now < end and self.world is not None and not (until is not None and until()):
             nxt = sched.next_time()
             target = end if nxt is None else min(nxt, end)
             delay = (target - virtual0) - (loop.time() - wall0)
@@ -349,6 +355,7 @@ class SimLab(Lab):
                 await asyncio.sleep(delay)
             sched.run_until(target)
         await asyncio.sleep(0)
+        return until is None or until()
 
     def now(self) -> float:
         return self._world().sched.now if self.world is not None else 0.0
