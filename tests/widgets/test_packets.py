@@ -13,7 +13,7 @@ import pytest
 from toolkit.codec import pcapio
 from toolkit.errors import UsageError
 from toolkit.lab.backend import Capture
-from toolkit.lab.noderun import first_peer, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, settled, start_pair, wait_until, with_latency
 from toolkit.lab.registry import load_topology
 from toolkit.lab.sim import SimLab
 from toolkit.packets.keyring import Keyring, keys_path_for
@@ -38,10 +38,8 @@ async def _run() -> Run:
         inspector = PacketInspector(lab)
         inspector.widget  # noqa: B018  (built before the packets come: the live, throttled path)
         captures = [await inspector.watch("r1", "wan"), await inspector.watch("alice", "eth0")]
-        alice = await lab.start_node("alice")
-        await lab.start_node("bob")
-        known = await wait_until(lab, alice, lambda s: first_peer(s) is not None, 60.0)
-        traffic = await alice.start_traffic(str(first_peer(known)["tunnel_ips"][0]))  # type: ignore[index]
+        pair = await start_pair(lab)  # alice and bob, known to each other, alice pinging bob's tunnel address
+        alice, traffic = pair.a, pair.traffic
         status = await wait_until(lab, alice, settled, 120.0)
         await lab.sleep(1.0)
         await traffic.stop()

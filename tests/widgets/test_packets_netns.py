@@ -12,7 +12,7 @@ import pytest
 
 from tests.lab.netns.netnslab import new_lab
 from toolkit.lab.backend import Capture
-from toolkit.lab.noderun import first_peer, settled, wait_until
+from toolkit.lab.noderun import first_peer, settled, start_pair, wait_until
 from toolkit.lab.registry import load_topology
 from toolkit.packets.keyring import Keyring
 from toolkit.widgets.packets import PacketInspector, lab_keyring
@@ -36,10 +36,8 @@ async def _run() -> Run:
         await followed.watch("r1", "wan")
         timeline = Timeline(lab, [("alice", "eth0"), ("r1", "wan"), ("derp1", "eth0")])  # the lab's keys too
         await timeline.watch()
-        alice = await lab.start_node("alice")
-        await lab.start_node("bob")
-        known = await wait_until(lab, alice, lambda s: first_peer(s) is not None, 60.0)
-        traffic = await alice.start_traffic(str(first_peer(known)["tunnel_ips"][0]))  # type: ignore[index]
+        pair = await start_pair(lab)  # alice and bob, known to each other, alice pinging bob's tunnel address
+        alice, traffic = pair.a, pair.traffic
         status = await wait_until(lab, alice, settled, 60.0)
         await lab.sleep(1.0)
         await traffic.stop()

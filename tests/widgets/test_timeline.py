@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from toolkit.lab.backend import Capture
-from toolkit.lab.noderun import first_peer, settled, wait_until, with_latency
+from toolkit.lab.noderun import first_peer, settled, start_pair, wait_until, with_latency
 from toolkit.lab.registry import load_topology
 from toolkit.lab.sim import SimLab
 from toolkit.packets.keyring import Keyring
@@ -51,10 +51,8 @@ async def _run() -> Run:
 
         timeline.inspector.extend = spy  # type: ignore[method-assign]
         captures = await timeline.watch()
-        alice = await lab.start_node("alice")
-        await lab.start_node("bob")
-        known = await wait_until(lab, alice, lambda s: first_peer(s) is not None, 60.0)
-        traffic = await alice.start_traffic(str(first_peer(known)["tunnel_ips"][0]))  # type: ignore[index]
+        pair = await start_pair(lab)  # alice and bob, known to each other, alice pinging bob's tunnel address
+        alice, traffic = pair.a, pair.traffic
         status = await wait_until(lab, alice, settled, 120.0)
         await lab.sleep(1.0)
         await traffic.stop()
