@@ -32,6 +32,7 @@ import pytest
 from tests.lab.docker.conftest import docker_engine, docker_images  # noqa: F401  (the docker tests' session fixtures)
 from tests.support import require_root, require_tool
 from toolkit.lab.docker.engine import Engine
+from toolkit.lab.docker.lab import remove_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -166,18 +167,14 @@ def docker_env(docker_engine: Engine, docker_images: object) -> Iterator[dict[st
     before = _notebook_labels(docker_engine)
     yield env
     for lab in _notebook_labels(docker_engine) - before:  # a failed notebook: free its subnets for the next one
-        label = f"label=org.natkit.lab={lab}"
-        ids = docker_engine.docker("ps", "-aq", "--filter", label, check=False).stdout.split()
-        if ids:
-            docker_engine.docker("rm", "-f", "-v", *ids, check=False, timeout=120)
-        nets = docker_engine.docker("network", "ls", "-q", "--filter", label, check=False).stdout.split()
-        if nets:
-            docker_engine.docker("network", "rm", *nets, check=False)
+        remove_lab(docker_engine, lab)
 
 
 def _notebook_labels(engine: Engine) -> set[str]:
-    """The notebook labs (``nb<pid>``) that have containers."""
-    return {c.split()[1] for c in _notebook_containers(engine)}
+    """The notebook labs (``nb<pid>``) that have containers or networks (a lab whose down() failed half-way)."""
+    fmt = '{{.Label "org.natkit.lab"}}'
+    out = engine.docker("network", "ls", "--filter", "label=org.natkit.lab", "--format", fmt, check=False).stdout
+    return {c.split()[1] for c in _notebook_containers(engine)} | {n for n in out.split() if n.startswith("nb")}
 
 
 def _notebook_containers(engine: Engine) -> set[str]:
@@ -190,10 +187,10 @@ def _notebook_containers(engine: Engine) -> set[str]:
 @pytest.mark.parametrize("notebook", DOCKER_NOTEBOOKS, ids=_ids(DOCKER_NOTEBOOKS))
 def test_runs_on_docker(notebook: Path, tmp_path: Path, docker_env: dict[str, str], docker_engine: Engine) -> None:  # noqa: F811
     copy = _with_parameters(notebook, tmp_path / notebook.name, BACKEND="docker")
-    before = _notebook_containers(docker_engine)
+    before = _notebook_labels(docker_engine)
     started = time.monotonic()
     res = _nbval(copy, timeout=KERNEL_LIMIT + 60, env=docker_env)
     elapsed = time.monotonic() - started
     _passed(res, copy)
-    assert not _notebook_containers(docker_engine) - before, "the notebook's lab was not taken down"
+    assert not _notebook_labels(docker_engine) - before, "the notebook's lab (containers, networks) was not taken down"
     assert elapsed < KERNEL_LIMIT, f"{notebook.name} took {elapsed:.0f} s on docker"

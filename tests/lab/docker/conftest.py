@@ -27,10 +27,25 @@ def docker_engine() -> Iterator[Engine]:
 
     found = engine.find_engine()
     started = found or engine.start_engine()
+    if found is None:  # no engine ran, so no lab can be live: what natkit labels carry now is a crashed run's
+        _sweep_stale_labs(started)
     try:
         yield started
     finally:
         engine.stop_engine(started)
+
+
+def _sweep_stale_labs(eng: Engine) -> None:
+    """Remove the containers and networks of natkit labs an earlier, crashed run left in the engine's data
+    root (it outlives the engine): their subnets would make every new lab fail with "Pool overlaps"."""
+    from toolkit.lab.docker.lab import remove_lab
+
+    fmt = '{{.Label "org.natkit.lab"}}'
+    labs = set()
+    for kind in (["ps", "-a"], ["network", "ls"]):
+        labs |= set(eng.docker(*kind, "--filter", "label=org.natkit.lab", "--format", fmt, check=False).stdout.split())
+    for lab in sorted(labs):
+        remove_lab(eng, lab)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
@@ -43,12 +44,37 @@ from toolkit.lab.topology import Host, Router, ServiceSpec, Topology
 from toolkit.timing import DEFAULT, Timing
 
 READY_TIMEOUT = 30.0
+NETWORK_RM_TRIES = 20  # x 0.25 s: dockerd may still hold a removed container's endpoints
 
 
 def _state_dir(name: str) -> Path:
     from toolkit.lab.registry import state_dir
 
     return state_dir(name)
+
+
+def remove_lab(eng: engine_mod.Engine, name: str) -> None:
+    """Remove every container and network labelled as lab ``name`` (also what a crashed lab left)."""
+    label = f"label={compose.LABEL_LAB}={name}"
+    ids = eng.docker("ps", "-aq", "--filter", label).stdout.split()
+    if ids:
+        eng.docker("rm", "-f", "-v", *ids, timeout=120)
+    nets = eng.docker("network", "ls", "-q", "--filter", label).stdout.split()
+    for attempt in range(NETWORK_RM_TRIES):
+        if not nets:
+            break
+        gone = eng.docker("network", "rm", *nets, check=attempt == NETWORK_RM_TRIES - 1)
+        if gone.returncode == 0:
+            break
+        # dockerd releases a removed container's endpoints asynchronously ("network ... has active
+        # endpoints" right after `rm -f`): detach what is left by force, wait, try again
+        for net in nets:
+            attached = eng.docker("network", "inspect", "--format", "{{range $k, $v := .Containers}}{{$v.Name}} {{end}}",
+                                  net, check=False).stdout.split()  # fmt: skip
+            for endpoint in attached:
+                eng.docker("network", "disconnect", "-f", net, endpoint, check=False)
+        time.sleep(0.25)
+        nets = eng.docker("network", "ls", "-q", "--filter", label).stdout.split()
 
 
 class DockerLab(Lab):
@@ -168,13 +194,7 @@ class DockerLab(Lab):
             self._engine, self._own_engine = None, False
 
     def _remove(self) -> None:
-        eng, label = self.engine, f"label={compose.LABEL_LAB}={self.name}"
-        ids = eng.docker("ps", "-aq", "--filter", label).stdout.split()
-        if ids:
-            eng.docker("rm", "-f", "-v", *ids, timeout=120)
-        nets = eng.docker("network", "ls", "-q", "--filter", label).stdout.split()
-        if nets:
-            eng.docker("network", "rm", *nets)
+        remove_lab(self.engine, self.name)
         with contextlib.suppress(OSError):
             self.compose_file().unlink()
         with contextlib.suppress(OSError):
@@ -288,4 +308,4 @@ class DockerLab(Lab):
         return f"docker lab {self.name} on {where}: {imgs}; compose file {shlex.quote(str(self.compose_file()))}"
 
 
-__all__ = ["DockerLab"]
+__all__ = ["DockerLab", "remove_lab"]
