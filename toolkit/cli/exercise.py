@@ -24,9 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from toolkit.cli.lab import BACKEND_CHOICES  # one list for every --backend
 from toolkit.errors import UsageError
-
-BACKEND_CHOICES = ("sim", "netns", "docker")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
